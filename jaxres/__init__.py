@@ -1,0 +1,1 @@
+"""jaxres: image classification and semantic segmentation in JAX/Flax."""

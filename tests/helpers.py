@@ -1,0 +1,57 @@
+"""Running `python -m jaxres.main` in subprocesses, and reading checkpoints."""
+import os
+import subprocess
+import sys
+
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# A tiny quickstart run: ~1 s per step on one CPU device.
+TINY = (
+    '--config=configs/quickstart.py', '--config.model_kwargs.width=8',
+    '--config.shapes_train_size=512', '--config.shapes_eval_size=64',
+    '--config.batch_size=32', '--config.eval_batch_size=32',
+    '--config.num_train_steps=8', '--config.warmup_steps=2',
+    '--config.log_every_steps=1', '--config.checkpoint_every_steps=2',
+    '--config.eval_every_steps=1000', '--config.compilation_cache_dir=',
+)
+
+
+def env(devices: int = 1):
+  e = dict(os.environ)
+  e['XLA_FLAGS'] = f'--xla_force_host_platform_device_count={devices}'
+  e['TF_CPP_MIN_LOG_LEVEL'] = '2'
+  e['PYTHONPATH'] = ROOT
+  e['JAX_PLATFORMS'] = 'cpu'
+  return e
+
+
+def main_cmd(workdir, *extra, base=TINY):
+  return [sys.executable, '-m', 'jaxres.main', f'--workdir={workdir}',
+          *base, *extra]
+
+
+def run_main(workdir, *extra, devices=1, check=True, timeout=300):
+  proc = subprocess.run(main_cmd(workdir, *extra), cwd=ROOT, env=env(devices),
+                        capture_output=True, text=True, timeout=timeout)
+  if check and proc.returncode != 0:
+    raise AssertionError(f'main failed ({proc.returncode}):\n{proc.stderr[-4000:]}')
+  return proc
+
+
+def load_state(workdir, step):
+  """The saved TrainState of `step` as a dict of numpy arrays."""
+  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+  path = os.path.join(os.path.abspath(workdir), 'checkpoints', str(step), 'state')
+  with ocp.StandardCheckpointer() as ckptr:
+    return ckptr.restore(path)
+
+
+def assert_trees_equal(a, b):
+  import jax  # pylint: disable=g-import-not-at-top
+  la, ta = jax.tree.flatten(a)
+  lb, tb = jax.tree.flatten(b)
+  assert ta == tb
+  for x, y in zip(la, lb):
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))

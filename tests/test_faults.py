@@ -1,0 +1,117 @@
+"""Surviving faults: SIGKILL, SIGTERM, corrupt checkpoints, NaN, bad input."""
+import os
+import signal
+import subprocess
+import time
+
+import pytest
+
+from tests import helpers
+
+
+def _wait_for_checkpoint(workdir, step, proc, timeout=240):
+  path = os.path.join(workdir, 'checkpoints', str(step))
+  deadline = time.time() + timeout
+  while not os.path.isdir(path):
+    assert proc.poll() is None, proc.stderr.read()[-3000:]
+    assert time.time() < deadline, f'no checkpoint {step} after {timeout}s'
+    time.sleep(0.2)
+
+
+@pytest.fixture(scope='module')
+def reference_run(tmp_path_factory):
+  """An uninterrupted 8-step run; its final state is the ground truth."""
+  workdir = str(tmp_path_factory.mktemp('reference'))
+  helpers.run_main(workdir)
+  return helpers.load_state(workdir, 8)
+
+
+def test_sigkill_then_resume_is_bitwise_exact(tmp_path, reference_run):
+  workdir = str(tmp_path)
+  proc = subprocess.Popen(helpers.main_cmd(workdir), cwd=helpers.ROOT,
+                          env=helpers.env(), stderr=subprocess.PIPE, text=True)
+  _wait_for_checkpoint(workdir, 4, proc)
+  proc.kill()  # SIGKILL: no chance to save, somewhere after step 4.
+  proc.wait()
+  helpers.run_main(workdir)  # Same command again resumes.
+  helpers.assert_trees_equal(helpers.load_state(workdir, 8), reference_run)
+
+
+def test_sigterm_saves_and_exits_cleanly(tmp_path, reference_run):
+  workdir = str(tmp_path)
+  proc = subprocess.Popen(
+      helpers.main_cmd(workdir, '--config.checkpoint_every_steps=100'),
+      cwd=helpers.ROOT, env=helpers.env(), stderr=subprocess.PIPE, text=True)
+  # Wait until training runs (a log line for step 2), then preempt.
+  deadline = time.time() + 240
+  seen = ''
+  while 'step 2/8' not in seen:
+    line = proc.stderr.readline()
+    assert line or proc.poll() is None, seen[-3000:]
+    seen += line
+    assert time.time() < deadline
+  proc.send_signal(signal.SIGTERM)
+  rest = proc.communicate(timeout=120)[1]
+  assert proc.returncode == 0, rest[-3000:]
+  assert 'Preempted' in rest
+  saved = sorted(int(s) for s in os.listdir(os.path.join(workdir, 'checkpoints'))
+                 if s.isdigit())
+  assert saved and 2 <= saved[-1] < 8
+  helpers.run_main(workdir, '--config.checkpoint_every_steps=100')
+  helpers.assert_trees_equal(helpers.load_state(workdir, 8), reference_run)
+
+
+def test_corrupt_latest_checkpoint_falls_back(tmp_path, reference_run):
+  workdir = str(tmp_path)
+  helpers.run_main(workdir, '--config.num_train_steps=6')
+  # Truncate every data file of the newest checkpoint (6).
+  state_dir = os.path.join(workdir, 'checkpoints', '6', 'state')
+  for root, _, files in os.walk(state_dir):
+    for name in files:
+      if name != '_CHECKPOINT_METADATA':
+        with open(os.path.join(root, name), 'r+b') as f:
+          f.truncate(3)
+  proc = helpers.run_main(workdir)
+  assert 'step 6' in proc.stderr and 'unreadable' in proc.stderr
+  # The unreadable checkpoint is kept aside, not deleted.
+  kept = [n for n in os.listdir(os.path.join(workdir, 'checkpoints'))
+          if n.startswith('6.unreadable')]
+  assert kept
+  helpers.assert_trees_equal(helpers.load_state(workdir, 8), reference_run)
+
+
+def test_nonfinite_loss_stops_and_keeps_last_checkpoint(tmp_path):
+  workdir = str(tmp_path)
+  proc = helpers.run_main(workdir, '--config.learning_rate=1e30', check=False)
+  assert proc.returncode == 3, proc.stderr[-3000:]
+  assert 'Non-finite' in proc.stderr and 'at step' in proc.stderr
+  steps = [int(s) for s in os.listdir(os.path.join(workdir, 'checkpoints')) if s.isdigit()]
+  for step in steps:  # Whatever was saved holds finite parameters only.
+    import numpy as np  # pylint: disable=g-import-not-at-top
+    import jax  # pylint: disable=g-import-not-at-top
+    assert all(np.isfinite(x).all() for x in jax.tree.leaves(
+        helpers.load_state(workdir, step)['params']))
+
+
+@pytest.mark.parametrize('override, message', [
+    ('--config.learning_rate=-0.1', 'learning_rate=-0.1 must be > 0'),
+    ('--config.batch_size=12', 'multiple of the device count'),
+    ('--config.model_kwargs.output_stride=12', 'output_stride=12 is not one of'),
+    ('--config.no_such_field=1', 'bad --config override'),
+    ('--config.model=resnet51', 'Known models'),
+])
+def test_bad_config_is_a_clear_error(tmp_path, override, message):
+  proc = helpers.run_main(str(tmp_path / 'w'), override, devices=8, check=False)
+  assert proc.returncode == 2, proc.stderr[-3000:]
+  assert message in proc.stderr
+  assert not os.path.exists(tmp_path / 'w' / 'checkpoints')
+
+
+def test_workdir_of_another_experiment_is_refused(tmp_path):
+  workdir = str(tmp_path)
+  helpers.run_main(workdir, '--config.num_train_steps=2')
+  before = sorted(os.listdir(os.path.join(workdir, 'checkpoints')))
+  proc = helpers.run_main(workdir, '--config.model=resnet34', check=False)
+  assert proc.returncode == 2
+  assert 'different experiment' in proc.stderr and 'resnet34' in proc.stderr
+  assert sorted(os.listdir(os.path.join(workdir, 'checkpoints'))) == before

@@ -1,0 +1,123 @@
+"""The classification trainer: sharding, checkpoints, the main path, learning."""
+import functools
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from configs import common, quickstart
+from jaxres import checkpoint as ckpt_lib
+from jaxres import optim, runner, train
+from jaxres.sharding import DataParallel
+
+
+def tiny_config(**overrides):
+  c = quickstart.get_config()
+  c.unlock()
+  c.model_kwargs.width = 8
+  c.shapes_train_size = 256
+  c.shapes_eval_size = 100
+  c.batch_size = 32
+  c.eval_batch_size = 40
+  c.num_train_steps = 6
+  c.warmup_steps = 2
+  c.log_every_steps = 2
+  c.checkpoint_every_steps = 3
+  c.eval_every_steps = 6
+  c.compilation_cache_dir = ''
+  for k, v in overrides.items():
+    setattr(c, k, v)
+  c.lock()
+  return c
+
+
+def _run_steps(dp, config, num_steps=2):
+  model = train.build_model(config, 10)
+  lr_fn = optim.learning_rate_fn(config, 0.1, 10, 0, 10)
+  tx = optim.make_optimizer(config, lr_fn)
+  state = jax.jit(functools.partial(train.create_train_state, model, tx,
+                                    input_shape=(32, 32, 3)),
+                  out_shardings=dp.replicated)(jax.random.key(0))
+  step = jax.jit(functools.partial(train.train_step, num_classes=10,
+                                   label_smoothing=0.1, lr_fn=lr_fn),
+                 in_shardings=(dp.replicated, dp.batch, dp.replicated),
+                 out_shardings=(dp.replicated, dp.replicated))
+  rng = np.random.default_rng(0)
+  losses = []
+  for _ in range(num_steps):
+    batch = {'image': rng.normal(size=(16, 32, 32, 3)).astype(np.float32),
+             'label': rng.integers(0, 10, size=(16,)).astype(np.int32)}
+    state, metrics = step(state, dp.shard_batch(batch), jax.random.key(1))
+    losses.append(float(metrics['loss']))
+  return state, losses
+
+
+def test_eight_devices_match_one_device():
+  assert jax.device_count() == 8, 'conftest sets 8 CPU devices'
+  config = tiny_config()
+  state8, losses8 = _run_steps(DataParallel.create(16), config)
+  state1, losses1 = _run_steps(DataParallel.create(16, devices=jax.devices()[:1]), config)
+  np.testing.assert_allclose(losses8, losses1, rtol=1e-5)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5),
+               (state8.params, state8.batch_stats), (state1.params, state1.batch_stats))
+  # The batch really was split over 8 devices and BN statistics are global.
+  assert len(state8.params['conv1']['kernel'].sharding.device_set) == 8
+
+
+def test_batch_must_divide_by_device_count():
+  with pytest.raises(ValueError, match='multiple of the device count'):
+    DataParallel.create(12)
+
+
+def test_train_resume_and_eval_only(tmp_path, capsys):
+  workdir = str(tmp_path / 'run')
+  config = tiny_config()
+  metrics = runner.run(config, workdir)
+  assert 0.0 <= metrics['eval_top1'] <= 1.0
+  assert metrics['eval_examples'] == 100  # Every example exactly once.
+  manager = ckpt_lib.make_manager(f'{workdir}/checkpoints', max_to_keep=3, read_only=True)
+  assert sorted(manager.all_steps()) == [3, 6]
+
+  # A longer run in the same workdir resumes from step 6, not from scratch.
+  longer = tiny_config(num_train_steps=9)
+  runner.run(longer, workdir)
+  manager.reload()
+  assert sorted(manager.all_steps()) == [3, 6, 9]
+
+  # Eval-only restores a named step and reproduces its evaluation.
+  again = runner.run(config, workdir, mode='eval', step=6)
+  assert again['eval_top1'] == pytest.approx(metrics['eval_top1'])
+  assert again['eval_loss'] == pytest.approx(metrics['eval_loss'], rel=1e-5)
+
+  # Eval-only on an empty workdir is an error, never random weights.
+  with pytest.raises(SystemExit) as e:
+    runner.run(config, str(tmp_path / 'empty'), mode='eval')
+  assert e.value.code == 2
+  assert 'nothing to evaluate' in capsys.readouterr().err
+
+
+def test_main_on_mock_imagenet(tmp_path):
+  tfds = pytest.importorskip('tensorflow_datasets')
+  from configs import resnet50_imagenet
+  c = resnet50_imagenet.get_config()
+  c.unlock()
+  c.model = 'resnet18'
+  c.model_kwargs.width = 8
+  c.dtype = 'float32'
+  c.image_size = 64
+  c.batch_size = 16
+  c.eval_batch_size = 24
+  c.num_train_steps = 2
+  c.log_every_steps = 1
+  c.checkpoint_every_steps = 2
+  c.eval_every_steps = 2
+  c.shuffle_buffer = 16
+  c.compilation_cache_dir = ''
+  c.lock()
+  with tfds.testing.mock_data(num_examples=40):
+    metrics = runner.run(c, str(tmp_path / 'r'))
+  assert metrics['eval_examples'] == 40
+  assert np.isfinite(metrics['eval_loss'])
