@@ -43,6 +43,11 @@ def main(argv):
   # Keep TensorFlow (used only by tf.data input pipelines) off the accelerators.
   if 'tensorflow' in sys.modules:
     sys.modules['tensorflow'].config.set_visible_devices([], 'GPU')
+  if jax.process_index() > 0:
+    # Console logging and TensorBoard come from process 0 only.
+    logging.getLogger().setLevel(logging.WARNING)
+    from absl import logging as absl_logging  # pylint: disable=g-import-not-at-top
+    absl_logging.set_verbosity(absl_logging.WARNING)
   config = FLAGS.config
   logging.info('JAX process %d/%d, %d local / %d global devices (%s).',
                jax.process_index(), jax.process_count(), jax.local_device_count(),

@@ -69,7 +69,9 @@ def run(config, workdir: str, mode: str = 'train', step=None):
   from jaxres import train  # pylint: disable=g-import-not-at-top
   try:
     config_checks.check_config(config)
-    check_workdir(config, workdir, write=(mode == 'train'))
+    import jax  # pylint: disable=g-import-not-at-top
+    check_workdir(config, workdir,
+                  write=(mode == 'train' and jax.process_index() == 0))
     enable_compilation_cache(config)
     if config.task == 'classification':
       trainer = train.train_and_evaluate
