@@ -44,8 +44,15 @@ def load_state(workdir, step):
   """The saved TrainState of `step` as a dict of numpy arrays."""
   import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
   path = os.path.join(os.path.abspath(workdir), 'checkpoints', str(step), 'state')
+  import jax  # pylint: disable=g-import-not-at-top
+  one_device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
   with ocp.StandardCheckpointer() as ckptr:
-    return ckptr.restore(path)
+    metadata = ckptr.metadata(path)
+    tree = getattr(metadata, 'item_metadata', metadata)
+    target = jax.tree.map(
+        lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=one_device),
+        tree, is_leaf=lambda m: hasattr(m, 'shape') and hasattr(m, 'dtype'))
+    return ckptr.restore(path, target)
 
 
 def assert_trees_equal(a, b):
