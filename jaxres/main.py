@@ -33,9 +33,18 @@ config_flags.DEFINE_config_file('config', None, 'Path to a config file.',
 flags.mark_flags_as_required(['config', 'workdir'])
 
 
+class _QuietLibraries(logging.Filter):
+  """Drops INFO chatter of Orbax's internals so progress lines stay readable."""
+
+  def filter(self, record):
+    return record.levelno >= logging.WARNING or '/orbax/' not in record.pathname
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  for handler in logging.getLogger().handlers:
+    handler.addFilter(_QuietLibraries())
   import jax  # pylint: disable=g-import-not-at-top
   if FLAGS.distributed or FLAGS.coordinator_address:
     jax.distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes,

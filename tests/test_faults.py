@@ -63,19 +63,20 @@ def test_sigterm_saves_and_exits_cleanly(tmp_path, reference_run):
 
 def test_corrupt_latest_checkpoint_falls_back(tmp_path, reference_run):
   workdir = str(tmp_path)
-  helpers.run_main(workdir, '--config.num_train_steps=6')
-  # Truncate every data file of the newest checkpoint (6).
-  state_dir = os.path.join(workdir, 'checkpoints', '6', 'state')
+  helpers.run_main(workdir)
+  # Truncate every data file of the newest checkpoint (8).
+  state_dir = os.path.join(workdir, 'checkpoints', '8', 'state')
   for root, _, files in os.walk(state_dir):
     for name in files:
       if name != '_CHECKPOINT_METADATA':
         with open(os.path.join(root, name), 'r+b') as f:
           f.truncate(3)
   proc = helpers.run_main(workdir)
-  assert 'step 6' in proc.stderr and 'unreadable' in proc.stderr
+  assert 'step 8' in proc.stderr and 'unreadable' in proc.stderr
+  assert 'Restored checkpoint step 6' in proc.stderr
   # The unreadable checkpoint is kept aside, not deleted.
   kept = [n for n in os.listdir(os.path.join(workdir, 'checkpoints'))
-          if n.startswith('6.unreadable')]
+          if n.startswith('8.unreadable')]
   assert kept
   helpers.assert_trees_equal(helpers.load_state(workdir, 8), reference_run)
 
@@ -93,18 +94,41 @@ def test_nonfinite_loss_stops_and_keeps_last_checkpoint(tmp_path):
         helpers.load_state(workdir, step)['params']))
 
 
-@pytest.mark.parametrize('override, message', [
-    ('--config.learning_rate=-0.1', 'learning_rate=-0.1 must be > 0'),
-    ('--config.batch_size=12', 'multiple of the device count'),
-    ('--config.model_kwargs.output_stride=12', 'output_stride=12 is not one of'),
-    ('--config.no_such_field=1', 'bad --config override'),
-    ('--config.model=resnet51', 'Known models'),
+def _tiny(**overrides):
+  from tests import tiny_config  # pylint: disable=g-import-not-at-top
+  c = tiny_config.get_config()
+  c.unlock()
+  for key, value in overrides.items():
+    target = c
+    *parents, leaf = key.split('.')
+    for p in parents:
+      target = target[p]
+    target[leaf] = value
+  return c
+
+
+@pytest.mark.parametrize('overrides, message', [
+    ({'learning_rate': -0.1}, 'learning_rate=-0.1 must be > 0'),
+    ({'batch_size': 12}, 'multiple of the device count'),
+    ({'model_kwargs.output_stride': 12}, 'output_stride=12 is not one of'),
+    ({'model': 'resnet51'}, 'Known models'),
+    ({'optimizer': 'adam'}, "optimizer='adam' is not one of"),
 ])
-def test_bad_config_is_a_clear_error(tmp_path, override, message):
-  proc = helpers.run_main(str(tmp_path / 'w'), override, devices=8, check=False)
+def test_bad_config_is_a_clear_error(tmp_path, capsys, overrides, message):
+  from jaxres import runner  # pylint: disable=g-import-not-at-top
+  with pytest.raises(SystemExit) as e:
+    runner.run(_tiny(**overrides), str(tmp_path / 'w'))
+  assert e.value.code == 2
+  assert message in capsys.readouterr().err
+  assert not os.path.exists(tmp_path / 'w')  # Nothing written.
+
+
+def test_unknown_config_field_is_a_clear_error(tmp_path):
+  proc = helpers.run_main(str(tmp_path / 'w'), '--config.no_such_field=1',
+                          check=False)
   assert proc.returncode == 2, proc.stderr[-3000:]
-  assert message in proc.stderr
-  assert not os.path.exists(tmp_path / 'w' / 'checkpoints')
+  assert 'bad --config override' in proc.stderr and 'no_such_field' in proc.stderr
+  assert not os.path.exists(tmp_path / 'w')
 
 
 def test_workdir_of_another_experiment_is_refused(tmp_path):

@@ -16,6 +16,7 @@ from jaxres.models import layers
 from jaxres.models import mobilenetv2
 from jaxres.models import resnet
 from jaxres.models import vgg
+from jaxres.models import build_model
 
 # torchvision 0.28, 1000 classes (REFERENCE.md).
 TORCHVISION_PARAMS = {
@@ -337,3 +338,26 @@ def test_adaptive_avg_pool_matches_torch_bins():
 def test_max_pool_pads_with_minus_inf():
   x = -jnp.ones((1, 4, 4, 1))
   assert np.all(layers.max_pool_3x3_s2(x) == -1)
+
+
+def test_ceil_mode_stem_pool_matches_pytorch():
+  torch = pytest.importorskip('torch')
+  from jaxres.models import layers
+  rng = np.random.default_rng(0)
+  for h, w in [(9, 9), (10, 7), (13, 6), (256, 256)]:
+    x = rng.normal(size=(1, h, w, 2)).astype(np.float32)
+    want = torch.nn.functional.max_pool2d(
+        torch.from_numpy(x).permute(0, 3, 1, 2), 3, 2, 0, ceil_mode=True)
+    got = layers.max_pool_3x3_s2_ceil(jnp.asarray(x))
+    np.testing.assert_array_equal(np.asarray(got), want.permute(0, 2, 3, 1).numpy())
+
+
+@pytest.mark.parametrize('stem, size', [('cifar', 32), ('ceil_pool', 8), ('torchvision', 8)])
+def test_resnet_stems(stem, size):
+  model = build_model('resnet18', num_classes=None, width=8, stem=stem)
+  out = jax.eval_shape(lambda x: model.init_with_output(
+      jax.random.key(0), x, train=False)[0], jnp.zeros((1, 32, 32, 3)))
+  assert out['stride4'].shape == (1, size, size, 8)
+  with pytest.raises(ValueError, match='stem'):
+    jax.eval_shape(lambda x: build_model('resnet18', stem='bad').init(
+        jax.random.key(0), x, train=False), jnp.zeros((1, 32, 32, 3)))

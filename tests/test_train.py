@@ -8,26 +8,22 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from configs import common, quickstart
+from tests import tiny_config as tests_tiny_config
 from jaxres import checkpoint as ckpt_lib
 from jaxres import optim, runner, train
 from jaxres.sharding import DataParallel
 
 
 def tiny_config(**overrides):
-  c = quickstart.get_config()
+  c = tests_tiny_config.get_config()
   c.unlock()
-  c.model_kwargs.width = 8
   c.shapes_train_size = 256
   c.shapes_eval_size = 100
-  c.batch_size = 32
   c.eval_batch_size = 40
   c.num_train_steps = 6
-  c.warmup_steps = 2
-  c.log_every_steps = 2
   c.checkpoint_every_steps = 3
   c.eval_every_steps = 6
-  c.compilation_cache_dir = ''
+  c.log_every_steps = 2
   for k, v in overrides.items():
     setattr(c, k, v)
   c.lock()
@@ -121,3 +117,15 @@ def test_main_on_mock_imagenet(tmp_path):
     metrics = runner.run(c, str(tmp_path / 'r'))
   assert metrics['eval_examples'] == 40
   assert np.isfinite(metrics['eval_loss'])
+
+
+def test_quickstart_learns(tmp_path):
+  """The README quickstart at reduced size: far above chance (10%)."""
+  from tests import helpers  # pylint: disable=g-import-not-at-top
+  proc = helpers.run_main(
+      str(tmp_path), '--config.shapes_train_size=3840',
+      '--config.shapes_eval_size=500', '--config.num_train_epochs=2',
+      '--config.compilation_cache_dir=', base=('--config=configs/quickstart.py',))
+  line = [l for l in proc.stderr.splitlines() if 'eval @ step 60' in l][-1]
+  top1 = float(line.split('top-1 ')[1].split()[0])
+  assert top1 > 0.6, line

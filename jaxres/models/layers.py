@@ -49,6 +49,15 @@ def max_pool_3x3_s2(x: jnp.ndarray) -> jnp.ndarray:
   return nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
 
 
+def max_pool_3x3_s2_ceil(x: jnp.ndarray) -> jnp.ndarray:
+  """PyTorch MaxPool2d(3, 2, padding=0, ceil_mode=True): pads only at the end."""
+  pads = []
+  for size in x.shape[1:3]:
+    out = -(-(size - 3) // 2) + 1
+    pads.append((0, max((out - 1) * 2 + 3 - size, 0)))
+  return nn.max_pool(x, (3, 3), strides=(2, 2), padding=tuple(pads))
+
+
 def global_avg_pool(x: jnp.ndarray) -> jnp.ndarray:
   """Mean over H, W in float32 (the classifier head runs in float32)."""
   return jnp.mean(x.astype(jnp.float32), axis=(1, 2))

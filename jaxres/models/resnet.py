@@ -105,19 +105,33 @@ class ResNet(nn.Module):
   groups: int = 1
   width_per_group: int = 64
   zero_init_last_bn: bool = False
+  # 'torchvision': 7x7/2 conv, 3x3/2 max pool with padding 1.
+  # 'ceil_pool': the same conv, max pool with padding 0 and ceil_mode (the
+  #   stem of bubbliiiing's unet-pytorch ResNet-50; same weights).
+  # 'cifar': 3x3/1 conv and no pool, for small images (32x32); the feature
+  #   names stay nominal (the 'stride2' map then has stride 1).
+  stem: str = 'torchvision'
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x, train: bool):
     layers.check_output_stride(self.output_stride)
+    if self.stem not in STEMS:
+      raise ValueError(f'stem={self.stem!r}; choose one of {", ".join(STEMS)}.')
     conv = layers.make_conv(self.dtype, self.param_dtype)
     norm = layers.make_norm(train, self.dtype, self.param_dtype)
 
-    x = conv(self.width, (7, 7), (2, 2), padding=layers.padding(7), name='conv1')(x)
+    if self.stem == 'cifar':
+      x = conv(self.width, (3, 3), (1, 1), padding=layers.padding(3), name='conv1')(x)
+    else:
+      x = conv(self.width, (7, 7), (2, 2), padding=layers.padding(7), name='conv1')(x)
     x = nn.relu(norm(name='bn1')(x))
     features = {'stride2': x}
-    x = layers.max_pool_3x3_s2(x)
+    if self.stem == 'torchvision':
+      x = layers.max_pool_3x3_s2(x)
+    elif self.stem == 'ceil_pool':
+      x = layers.max_pool_3x3_s2_ceil(x)
 
     strides = [2 if i > 0 and j == 0 else 1
                for i, n in enumerate(self.stage_sizes) for j in range(n)]
@@ -139,6 +153,8 @@ class ResNet(nn.Module):
     return nn.Dense(self.num_classes, dtype=jnp.float32,
                     param_dtype=self.param_dtype, name='fc')(x)
 
+
+STEMS = ('torchvision', 'ceil_pool', 'cifar')
 
 ResNet18 = functools.partial(ResNet, stage_sizes=(2, 2, 2, 2), block_cls=BasicBlock)
 ResNet34 = functools.partial(ResNet, stage_sizes=(3, 4, 6, 3), block_cls=BasicBlock)

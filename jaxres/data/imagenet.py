@@ -1,0 +1,347 @@
+"""TFDS classification pipeline (ImageNet-style) with deterministic order.
+
+Works for any prepared TFDS builder with 'image' and 'label' features
+(imagenet2012, imagenette, cifar10, ...). TensorFlow and TFDS are imported
+inside the functions, so importing this module is cheap.
+
+Train: each process reads its own equal part of the split
+(``tfds.even_splits``). Epoch ``e`` shuffles files and records with a seed
+derived from (seed, e); a record's augmentation (Inception-style crop, flip)
+uses stateless random ops seeded by (epoch seed, position in the epoch). The
+batch order is thus a pure function of (seed, step, process_count), and
+``start_step`` resumes by skipping encoded records of the current epoch before
+any decoding.
+
+Eval: resize-256/centre-crop-224 (as the centre 224/256 of the shorter side,
+decoded with a fused crop), batches padded with ``mask`` 0 so each example is
+counted exactly once and every process yields the same number of batches.
+"""
+import functools
+from typing import Iterator, Optional, Sequence, Tuple
+
+import numpy as np
+
+from jaxres import data as data_lib
+
+CROP_PADDING = 32  # Eval: centre crop image_size / (image_size + 32).
+
+
+@functools.lru_cache(maxsize=None)
+def _tf():
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  try:
+    # TensorFlow only feeds the host; keep it off the accelerators.
+    tf.config.set_visible_devices([], 'GPU')
+  except RuntimeError:  # Devices already initialised.
+    pass
+  return tf
+
+
+@functools.lru_cache(maxsize=None)
+def _tfds():
+  _tf()
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  return tfds
+
+
+# ----------------------------------------------------------------------------
+# Builder, splits and sizes.
+# ----------------------------------------------------------------------------
+
+
+def _not_prepared_message(builder) -> str:
+  root = builder.data_dir_root
+  lines = [
+      f'TFDS dataset {builder.name!r} is not prepared under {root} '
+      f'(expected {builder.data_dir}). jaxres never downloads datasets.'
+  ]
+  instructions = getattr(builder, 'MANUAL_DOWNLOAD_INSTRUCTIONS', None)
+  if instructions:
+    manual_dir = f'{root}/downloads/manual'
+    files = (' (ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar)'
+             if builder.name.startswith('imagenet2012') else '')
+    lines += [
+        f'It needs a manual download: put the files in {manual_dir}/'
+        f'{files}, then prepare it with',
+        f'  tfds build {builder.name} --data_dir={root} '
+        f'--manual_dir={manual_dir}',
+        'TFDS instructions: ' + ' '.join(instructions.split()),
+    ]
+  else:
+    lines.append('Prepare it on a machine with network access with '
+                 f'`tfds build {builder.name} --data_dir={root}` and copy '
+                 'the folder here, or point config.data_dir at it.')
+  return '\n'.join(lines)
+
+
+def get_builder(dataset: str, data_dir: Optional[str] = None):
+  """Returns the prepared TFDS builder, or raises DatasetNotFoundError."""
+  tfds = _tfds()
+  try:
+    builder = tfds.builder(dataset, data_dir=data_dir, try_gcs=False)
+  except tfds.core.registered.DatasetNotFoundError as e:
+    raise ValueError(
+        f'Unknown dataset {dataset!r}: config.dataset must be "shapes", '
+        '"synthetic" or a TFDS builder name (e.g. "imagenet2012").') from e
+  features = builder.info.features
+  if 'image' not in features or 'label' not in features:
+    raise ValueError(f'TFDS dataset {dataset!r} has features '
+                     f'{list(features)}; a classification dataset needs '
+                     "'image' and 'label'.")
+  try:
+    # Only builds the reading graph; fails fast if nothing was prepared.
+    builder.as_dataset(split=default_splits(builder)[0])
+  except AssertionError as e:
+    if builder.is_prepared():
+      raise
+    raise data_lib.DatasetNotFoundError(_not_prepared_message(builder)) from e
+  return builder
+
+
+def default_splits(builder) -> Tuple[str, str]:
+  """('train', 'validation'), or 'test' for eval when there is no validation."""
+  splits = builder.info.splits
+  eval_split = 'test' if 'validation' not in splits and 'test' in splits else (
+      'validation')
+  return 'train', eval_split
+
+
+def num_classes(builder) -> int:
+  return builder.info.features['label'].num_classes
+
+
+def num_examples(builder, split) -> int:
+  """Examples in ``split`` (sub-splits such as 'train[:50%]' included)."""
+  try:
+    return builder.info.splits[split].num_examples
+  except (KeyError, ValueError):
+    # Mocked builders (tfds.testing.mock_data) have no split metadata.
+    cardinality = int(builder.as_dataset(split=split).cardinality())
+    if cardinality < 0:
+      raise ValueError(f'Cannot count the examples of {split!r}.') from None
+    return cardinality
+
+
+def _is_jpeg(builder) -> bool:
+  return builder.info.features['image'].encoding_format == 'jpeg'
+
+
+# ----------------------------------------------------------------------------
+# Decoding and augmentation.
+# ----------------------------------------------------------------------------
+
+
+def _decode_window(image_bytes, window_fn, is_jpeg):
+  """Decodes the crop ``window_fn(shape) -> [y, x, h, w]`` as uint8 RGB."""
+  tf = _tf()
+  if is_jpeg:
+    shape = tf.image.extract_jpeg_shape(image_bytes)
+    window = window_fn(shape)
+    return tf.image.decode_and_crop_jpeg(image_bytes, window, channels=3)
+  image = tf.io.decode_image(image_bytes, channels=3, expand_animations=False)
+  window = window_fn(tf.shape(image))
+  return tf.slice(image, [window[0], window[1], 0], [window[2], window[3], 3])
+
+
+def _center_window(shape, image_size):
+  tf = _tf()
+  height, width = shape[0], shape[1]
+  crop = tf.cast(
+      image_size / (image_size + CROP_PADDING) *
+      tf.cast(tf.minimum(height, width), tf.float32), tf.int32)
+  offset_y = (height - crop + 1) // 2
+  offset_x = (width - crop + 1) // 2
+  return tf.stack([offset_y, offset_x, crop, crop])
+
+
+def _random_window(shape, seed, image_size):
+  """Inception crop: area 8-100 %, aspect 3/4-4/3, 10 tries, else centre."""
+  tf = _tf()
+  begin, size, _ = tf.image.stateless_sample_distorted_bounding_box(
+      shape,
+      bounding_boxes=tf.constant([0.0, 0.0, 1.0, 1.0], shape=[1, 1, 4]),
+      seed=seed,
+      min_object_covered=0.1,
+      aspect_ratio_range=(3 / 4, 4 / 3),
+      area_range=(0.08, 1.0),
+      max_attempts=10,
+      use_image_if_no_bounding_boxes=True)
+  window = tf.stack([begin[0], begin[1], size[0], size[1]])
+  # When every try fails the sampler returns the whole image.
+  failed = tf.reduce_all(tf.equal(size[:2], shape[:2]))
+  return tf.where(failed, _center_window(shape, image_size), window)
+
+
+def _finish(image, image_size, dtype):
+  tf = _tf()
+  image = tf.image.resize([image], [image_size, image_size],
+                          method=tf.image.ResizeMethod.BICUBIC)[0]
+  image = tf.clip_by_value(image, 0.0, 255.0)
+  image = (image - tf.constant(data_lib.MEAN_RGB, shape=[1, 1, 3])) / (
+      tf.constant(data_lib.STDDEV_RGB, shape=[1, 1, 3]))
+  return tf.cast(image, dtype)
+
+
+def preprocess_for_train(image_bytes, seed, image_size: int = 224,
+                         dtype='float32', is_jpeg: bool = True):
+  """Random-size crop and flip, stateless in ``seed`` (int [2] tensor)."""
+  tf = _tf()
+  crop_seed, flip_seed = tf.unstack(
+      tf.random.experimental.stateless_split(seed, num=2))
+  image = _decode_window(
+      image_bytes, lambda shape: _random_window(shape, crop_seed, image_size),
+      is_jpeg)
+  image = tf.image.stateless_random_flip_left_right(image, flip_seed)
+  return _finish(image, image_size, dtype)
+
+
+def preprocess_for_eval(image_bytes, image_size: int = 224, dtype='float32',
+                        is_jpeg: bool = True):
+  """Centre 224/256 of the shorter side, resized to ``image_size``."""
+  image = _decode_window(
+      image_bytes, lambda shape: _center_window(shape, image_size), is_jpeg)
+  return _finish(image, image_size, dtype)
+
+
+# ----------------------------------------------------------------------------
+# Iterators.
+# ----------------------------------------------------------------------------
+
+
+def _options():
+  tf = _tf()
+  options = tf.data.Options()
+  options.deterministic = True
+  options.experimental_optimization.map_parallelization = True
+  return options
+
+
+def _epoch_seed(seed: int, epoch: int) -> int:
+  return int(np.random.SeedSequence([seed, epoch]).generate_state(1)[0])
+
+
+def _tf_dtype(dtype):
+  tf = _tf()
+  return tf.bfloat16 if dtype in ('bfloat16', 'bf16') else tf.as_dtype(dtype)
+
+
+def _process_splits(split, process_count, drop_remainder) -> Sequence:
+  if process_count == 1:
+    return [split]
+  return _tfds().even_splits(split, n=process_count,
+                             drop_remainder=drop_remainder)
+
+
+def _train_epoch(builder, split, *, epoch_seed, skip, batch_size, image_size,
+                 dtype, shuffle_buffer):
+  tf, tfds = _tf(), _tfds()
+  is_jpeg = _is_jpeg(builder)
+  ds = builder.as_dataset(
+      split=split,
+      shuffle_files=True,
+      decoders={'image': tfds.decode.SkipDecoding()},
+      read_config=tfds.ReadConfig(shuffle_seed=epoch_seed,
+                                  shuffle_reshuffle_each_iteration=False,
+                                  options=_options()))
+  ds = ds.shuffle(shuffle_buffer, seed=epoch_seed,
+                  reshuffle_each_iteration=False)
+  ds = ds.enumerate().skip(skip)
+
+  def preprocess(index, example):
+    seed = tf.stack([tf.constant(epoch_seed, tf.int64), index])
+    image = preprocess_for_train(example['image'], seed, image_size, dtype,
+                                 is_jpeg)
+    return dict(image=image, label=tf.cast(example['label'], tf.int32))
+
+  ds = ds.map(preprocess, num_parallel_calls=tf.data.AUTOTUNE,
+              deterministic=True)
+  ds = ds.batch(batch_size, drop_remainder=True)
+  return ds.prefetch(tf.data.AUTOTUNE).with_options(_options())
+
+
+def train_iterator(builder,
+                   batch_size: int,
+                   *,
+                   seed: int,
+                   start_step: int = 0,
+                   process_index: int = 0,
+                   process_count: int = 1,
+                   image_size: int = 224,
+                   dtype='float32',
+                   shuffle_buffer: int = 16 * 1024,
+                   split: str = 'train') -> Iterator[dict]:
+  """Yields this process's training batches forever, from ``start_step``.
+
+  Args:
+    builder: from ``get_builder``.
+    batch_size: PER-PROCESS batch size.
+    seed: order and augmentation seed.
+    start_step: first step to yield; equals skipping that many batches.
+    process_index, process_count: which equal part of the split to read.
+    image_size: output side.
+    dtype: image dtype, 'float32' or 'bfloat16'.
+    shuffle_buffer: record shuffle buffer, examples.
+    split: TFDS split to read.
+
+  Yields:
+    dict(image=[b, S, S, 3] normalised, label=int32 [b]) numpy batches.
+  """
+  tfds = _tfds()
+  split = _process_splits(split, process_count, True)[process_index]
+  per_epoch = num_examples(builder, split) // batch_size
+  if per_epoch < 1:
+    raise ValueError(f'Split {split} is smaller than one batch ({batch_size}).')
+  epoch, step_in_epoch = divmod(start_step, per_epoch)
+  while True:
+    ds = _train_epoch(
+        builder, split, epoch_seed=_epoch_seed(seed, epoch),
+        skip=step_in_epoch * batch_size, batch_size=batch_size,
+        image_size=image_size, dtype=_tf_dtype(dtype),
+        shuffle_buffer=shuffle_buffer)
+    yield from tfds.as_numpy(ds)
+    epoch, step_in_epoch = epoch + 1, 0
+
+
+def eval_iterator(builder,
+                  batch_size: int,
+                  *,
+                  process_index: int = 0,
+                  process_count: int = 1,
+                  image_size: int = 224,
+                  dtype='float32',
+                  split: str = 'validation') -> Iterator[dict]:
+  """One pass over ``split``: padded batches with ``mask`` (1 real, 0 pad).
+
+  Every process yields ``ceil(max part size / batch_size)`` batches, so a
+  jitted eval step runs the same number of times everywhere.
+  """
+  tf, tfds = _tf(), _tfds()
+  dtype = _tf_dtype(dtype)
+  is_jpeg = _is_jpeg(builder)
+  splits = _process_splits(split, process_count, False)
+  counts = [num_examples(builder, s) for s in splits]
+  num_batches = -(-max(counts) // batch_size)
+  ds = builder.as_dataset(
+      split=splits[process_index],
+      shuffle_files=False,
+      decoders={'image': tfds.decode.SkipDecoding()},
+      read_config=tfds.ReadConfig(options=_options()))
+
+  def preprocess(example):
+    return dict(
+        image=preprocess_for_eval(example['image'], image_size, dtype,
+                                  is_jpeg),
+        label=tf.cast(example['label'], tf.int32),
+        mask=tf.constant(1.0, tf.float32))
+
+  ds = ds.map(preprocess, num_parallel_calls=tf.data.AUTOTUNE,
+              deterministic=True)
+  padding = dict(
+      image=tf.zeros([image_size, image_size, 3], dtype),
+      label=tf.constant(0, tf.int32),
+      mask=tf.constant(0.0, tf.float32))
+  num_padding = num_batches * batch_size - counts[process_index]
+  ds = ds.concatenate(tf.data.Dataset.from_tensors(padding).repeat(num_padding))
+  ds = ds.batch(batch_size, drop_remainder=True)
+  ds = ds.prefetch(tf.data.AUTOTUNE).with_options(_options())
+  return iter(tfds.as_numpy(ds))
