@@ -131,6 +131,14 @@ def get_classification_datasets(config, *, seed: int, start_step: int,
         synthetic.EVAL_BATCHES * eval_batch_size * process_count, num_classes,
         (image_size, image_size, 3))
 
+  if config.dataset == 'folder':
+    from jaxres.data import folder  # pylint: disable=g-import-not-at-top
+    data = folder.get_datasets(
+        config, batch_size=batch_size, eval_batch_size=eval_batch_size,
+        seed=seed, start_step=start_step, dtype=dtype, **proc)
+    _check_num_classes(config, data.num_classes)
+    return data
+
   from jaxres.data import imagenet  # pylint: disable=g-import-not-at-top
   builder = imagenet.get_builder(config.dataset, config.get('data_dir'))
   num_classes = _check_num_classes(config, imagenet.num_classes(builder))
