@@ -177,7 +177,8 @@ def test_large_jpeg_decodes_in_draft_mode(tmp_path, monkeypatch):
   Image.fromarray(image).save(path, quality=95)
   with Image.open(path) as im:
     box = folder.eval_window(480, 640, IMAGE_SIZE)
-    assert folder._draft(im, box, IMAGE_SIZE) == 1 / 8  # pylint: disable=protected-access
+    # pylint: disable-next=protected-access
+    assert folder._draft(im, box, IMAGE_SIZE) == 1 / 8
     assert im.size == (80, 60)  # Decoded at 1/8 scale.
   full = np.asarray(Image.open(path).convert('RGB').resize(
       (IMAGE_SIZE, IMAGE_SIZE), Image.BILINEAR, box=box)).astype(int)
