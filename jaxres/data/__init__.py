@@ -2,7 +2,9 @@
 
 Config fields read (``ml_collections.ConfigDict``):
   dataset            'shapes' (embedded, generated with numpy), 'synthetic'
-                     (random tensors, for benchmarks) or a TFDS builder name
+                     (random tensors, for benchmarks), 'folder' (a user
+                     folder root/<split>/<class>/*.jpg at data_dir, see
+                     folder.py) or a TFDS builder name
                      with 'image'/'label' features ('imagenet2012',
                      'imagenette', 'cifar10', ...).
   data_dir           TFDS data directory; None: TFDS's default
