@@ -3,22 +3,23 @@
 One readable loop. Sections: config checks, mesh, input, model and state,
 sharded steps, checkpoint, evaluation, loop.
 """
+from __future__ import annotations
+
 import functools
 import logging
 import signal
 import time
 from typing import Any
 
-from clu import metric_writers
-from clu import parameter_overview
 from flax.training import train_state
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import optax
 
 from jaxres import checkpoint as ckpt_lib
+from jaxres import config_checks
+from jaxres import data as data_lib
 from jaxres import models
 from jaxres import optim
 from jaxres import steps as steps_lib
@@ -175,9 +176,11 @@ def _format_eta(seconds: float) -> str:
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                        eval_only: bool = False, checkpoint_step=None):
   """Trains (or only evaluates) the configured classifier; returns metrics."""
-  from jaxres import data as data_lib  # pylint: disable=g-import-not-at-top
-  from jaxres.config_checks import check_config  # pylint: disable=g-import-not-at-top
-  check_config(config)
+  # clu (and through it TensorFlow) is needed for logging only: importing it
+  # here keeps the steps above importable on machines without it.
+  from clu import metric_writers  # pylint: disable=g-import-not-at-top
+  from clu import parameter_overview  # pylint: disable=g-import-not-at-top
+  config_checks.check_config(config)
 
   # --- Mesh: one `data` axis over every device of every process. ---
   dp = DataParallel.create(config.batch_size, config.eval_batch_size)

@@ -19,6 +19,11 @@ OUTPUT_STRIDES = (8, 16, 32)
 
 # torchvision: kaiming_normal_(mode='fan_out', nonlinearity='relu').
 conv_kernel_init = nn.initializers.variance_scaling(2.0, 'fan_out', 'normal')
+# PyTorch's default Conv2d init (kaiming_uniform with a=sqrt(5)): variance
+# 1/(3 fan_in). For stacks of convs without BatchNorm (the UNet decoder) the
+# fan_out He init above grows activations at every layer where fan_out > fan_in.
+torch_default_kernel_init = nn.initializers.variance_scaling(
+    1.0 / 3.0, 'fan_in', 'uniform')
 # torchvision MobileNetV2 and VGG: nn.init.normal_(linear.weight, 0, 0.01).
 dense_kernel_init = nn.initializers.normal(stddev=0.01)
 
@@ -30,10 +35,11 @@ def padding(kernel_size: int, dilation: int = 1) -> Tuple[Tuple[int, int], ...]:
 
 
 def make_conv(dtype: Dtype, param_dtype: Dtype = jnp.float32,
-              use_bias: bool = False) -> Callable[..., nn.Conv]:
+              use_bias: bool = False,
+              kernel_init=conv_kernel_init) -> Callable[..., nn.Conv]:
   return functools.partial(
       nn.Conv, use_bias=use_bias, dtype=dtype, param_dtype=param_dtype,
-      kernel_init=conv_kernel_init)
+      kernel_init=kernel_init)
 
 
 def make_norm(train: bool, dtype: Dtype,

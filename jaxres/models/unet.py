@@ -90,7 +90,8 @@ class UNet(nn.Module):
                        f'from {self.backbone}, got {sorted(features)}.')
 
     conv = functools.partial(
-        layers.make_conv(self.dtype, self.param_dtype, use_bias=True),
+        layers.make_conv(self.dtype, self.param_dtype, use_bias=True,
+                         kernel_init=layers.torch_default_kernel_init),
         padding=layers.padding(3))
     y = deep
     for i in reversed(range(len(skips))):
