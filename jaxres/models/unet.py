@@ -65,7 +65,8 @@ class UNet(nn.Module):
   # The backbone's base channel count when set (tiny models in tests).
   backbone_width: Optional[int] = None
   # ResNet stem: 'torchvision' or 'ceil_pool' (the reference's max pool, needed
-  # to reproduce bubbliiiing unet-pytorch checkpoints exactly).
+  # to reproduce bubbliiiing unet-pytorch checkpoints exactly; the default of
+  # 'unet_resnet50').
   backbone_stem: Optional[str] = None
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
@@ -109,6 +110,9 @@ class UNet(nn.Module):
 
 
 MODELS = {
-    'unet_resnet50': functools.partial(UNet, backbone='resnet50'),
+    # The reference's ResNet-50 stem pools with ceil_mode (same weights as
+    # torchvision's, slightly different outputs): default to it.
+    'unet_resnet50': functools.partial(UNet, backbone='resnet50',
+                                       backbone_stem='ceil_pool'),
     'unet_vgg16': functools.partial(UNet, backbone='vgg16'),
 }
