@@ -57,6 +57,11 @@ def _user_errors():
   except ImportError:
     pass
   try:
+    from jaxres.convert import ConvertError  # pylint: disable=g-import-not-at-top
+    errors.append(ConvertError)
+  except ImportError:
+    pass
+  try:
     from jaxres.data.segmentation import LabelError  # pylint: disable=g-import-not-at-top
     errors.append(LabelError)
   except ImportError:

@@ -66,6 +66,19 @@ def create_train_state(model, tx, rng, input_shape) -> TrainState:
                            batch_stats=batch_stats)
 
 
+def init_from_pretrained(config, state, dp):
+  """Replaces the fresh variables by config.init_from (a new run only)."""
+  from jaxres import convert  # pylint: disable=g-import-not-at-top
+  loaded = convert.load_pretrained(
+      config.init_from,
+      {'params': state.params, 'batch_stats': state.batch_stats},
+      config.model, backbone_only=config.get('init_backbone_only', False),
+      log=logging.info)
+  loaded = jax.device_put(loaded, dp.replicated)
+  return state.replace(params=loaded['params'],
+                       batch_stats=loaded['batch_stats'])
+
+
 # ---------------------------------------------------------------------------
 # Steps: pure functions, jitted once with explicit shardings.
 # ---------------------------------------------------------------------------
@@ -221,12 +234,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       functools.partial(create_train_state, model, tx,
                         input_shape=ds.image_shape),
       out_shardings=dp.replicated)(init_rng)
-  if config.get('init_from'):
-    from jaxres import convert  # pylint: disable=g-import-not-at-top
-    params, batch_stats = convert.load_pretrained(
-        config.init_from, {'params': state.params, 'batch_stats': state.batch_stats},
-        config.model, backbone_only=config.get('init_backbone_only', False))
-    state = state.replace(params=params, batch_stats=batch_stats)
   parameter_overview.log_parameter_overview(
       state.params, msg=f'{config.model}: parameters')
   num_params = sum(x.size for x in jax.tree.leaves(state.params))
@@ -242,6 +249,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   if restored is not None:
     state = restored
     logging.info('Restored checkpoint step %d from %s.', restored_step, workdir)
+  elif config.get('init_from') and not eval_only:
+    state = init_from_pretrained(config, state, dp)
   elif eval_only:
     raise ckpt_lib.CheckpointError(
         f'No checkpoint in {workdir}/checkpoints: nothing to evaluate. Point '

@@ -129,3 +129,26 @@ def test_quickstart_learns(tmp_path):
   line = [l for l in proc.stderr.splitlines() if 'eval @ step 60' in l][-1]
   top1 = float(line.split('top-1 ')[1].split()[0])
   assert top1 > 0.6, line
+
+
+def test_init_from_a_training_checkpoint(tmp_path, capsys):
+  from tests import helpers  # pylint: disable=g-import-not-at-top
+  source = str(tmp_path / 'source')
+  config = tiny_config(num_train_steps=3, checkpoint_every_steps=3, eval_every_steps=3)
+  runner.run(config, source)
+  saved = helpers.load_state(source, 3)
+
+  dp = DataParallel.create(32)
+  model = train.build_model(config, 10)
+  tx = optim.make_optimizer(config, optim.learning_rate_fn(config, 0.1, 10, 0, 10))
+  fresh = train.create_train_state(model, tx, jax.random.key(1), (32, 32, 3))
+  with_init = tiny_config(init_from=source)
+  state = train.init_from_pretrained(with_init, fresh, dp)
+  helpers.assert_trees_equal(state.params, saved['params'])
+  helpers.assert_trees_equal(state.batch_stats, saved['batch_stats'])
+
+  # A wrong path is an error, never a run from random weights.
+  with pytest.raises(SystemExit) as e:
+    runner.run(tiny_config(init_from=str(tmp_path / 'nope')), str(tmp_path / 'w'))
+  assert e.value.code == 2
+  assert 'does not exist' in capsys.readouterr().err
