@@ -44,8 +44,10 @@ def make_manager(directory: str, *, max_to_keep: int | None,
   options = ocp.CheckpointManagerOptions(
       max_to_keep=max_to_keep, create=not read_only, read_only=read_only,
       enable_async_checkpointing=async_save)
-  return ocp.CheckpointManager(os.path.abspath(directory), options=options,
-                               item_names=('state', 'meta'))
+  return ocp.CheckpointManager(
+      os.path.abspath(directory), options=options,
+      item_handlers={'state': ocp.StandardCheckpointHandler(),
+                     'meta': ocp.JsonCheckpointHandler()})
 
 
 def save(manager, step: int, state, meta: dict, force: bool = False) -> bool:

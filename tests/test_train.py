@@ -152,3 +152,35 @@ def test_init_from_a_training_checkpoint(tmp_path, capsys):
     runner.run(tiny_config(init_from=str(tmp_path / 'nope')), str(tmp_path / 'w'))
   assert e.value.code == 2
   assert 'does not exist' in capsys.readouterr().err
+
+
+def test_restore_into_a_config_that_does_not_fit(tmp_path):
+  workdir = str(tmp_path)
+  runner.run(tiny_config(num_train_steps=3, checkpoint_every_steps=3,
+                         eval_every_steps=3), workdir)
+  manager = ckpt_lib.make_manager(f'{workdir}/checkpoints', max_to_keep=3,
+                                  read_only=True)
+
+  def abstract_state(config, num_classes):
+    model = train.build_model(config, num_classes)
+    tx = optim.make_optimizer(config, optim.learning_rate_fn(config, 0.1, 10, 0, 10))
+    shapes = jax.eval_shape(lambda: train.create_train_state(
+        model, tx, jax.random.key(0), (32, 32, 3)))
+    replicated = DataParallel.create(32).replicated
+    return ckpt_lib.abstract_like(shapes, jax.tree.map(lambda _: replicated, shapes))
+
+  config = tiny_config()
+  # Other number of classes: the mismatching parameters are named with shapes.
+  with pytest.raises(ckpt_lib.CheckpointError) as e:
+    ckpt_lib.restore_latest(manager, abstract_state(config, 7), meta=None)
+  assert 'params/fc/kernel' in str(e.value) and '(64, 10)' in str(e.value)
+  assert '(64, 7)' in str(e.value)
+  # Other optimizer: named from the checkpoint's experiment record.
+  other = tiny_config(optimizer='adamw')
+  with pytest.raises(ckpt_lib.CheckpointError, match="optimizer: checkpoint has 'sgd'"):
+    ckpt_lib.restore_latest(manager, abstract_state(other, 10),
+                            ckpt_lib.experiment_meta(other))
+  # The matching config restores.
+  state, step = ckpt_lib.restore_latest(manager, abstract_state(config, 10),
+                                        ckpt_lib.experiment_meta(config))
+  assert step == 3 and int(state.step) == 3
