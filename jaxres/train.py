@@ -76,7 +76,7 @@ def init_from_pretrained(config, state, dp):
       log=logging.info)
   loaded = jax.device_put(loaded, dp.replicated)
   return state.replace(params=loaded['params'],
-                       batch_stats=loaded['batch_stats'])
+                       batch_stats=loaded.get('batch_stats', state.batch_stats))
 
 
 # ---------------------------------------------------------------------------

@@ -1,0 +1,81 @@
+"""Fields shared by the segmentation configs (on top of `common.base_config`).
+
+Every field can be overridden from the command line, e.g.
+`--config.losses=ce+dice --config.loss_weights.dice=0.5`.
+"""
+import ml_collections
+
+from configs import common
+
+optional = common.optional
+
+
+def segmentation_config() -> ml_collections.ConfigDict:
+  c = common.base_config()
+  c.task = 'segmentation'
+
+  # Model: 'unet_resnet50', 'unet_vgg16', 'deeplabv3plus_mobilenet_v2',
+  # 'deeplabv3plus_resnet50', 'deeplabv3plus_resnet101'.
+  c.model = 'deeplabv3plus_mobilenet_v2'
+  c.model_kwargs = ml_collections.ConfigDict()
+  c.model_kwargs.align_corners = True  # bubbliiiing: True; VainF: False.
+
+  # Data (see jaxres/data/segmentation.py). 255 in masks means "ignore".
+  c.dataset = 'voc'
+  c.data_dir = optional(str)  # VOC-style root, or the TFDS data dir.
+  c.num_classes = optional(int)  # Including background; None: the dataset's.
+  c.class_names = optional(tuple)
+  c.train_split = optional(str)
+  c.eval_split = optional(str)
+  c.crop_size = 512  # Training crop (square side).
+  c.scale_range = (0.5, 2.0)
+  # None: evaluate at full resolution (padded to eval_pad_multiple); an int
+  # or (h, w): resize inputs to it and the logits back to each label's size.
+  c.eval_size = optional(object)
+  c.eval_pad_multiple = 32
+  c.binary_mask_255_to_1 = False
+  c.on_bad_image = 'stop'  # Or 'skip': count unreadable files and go on.
+  c.data_workers = 8
+  c.prefetch_batches = 2
+  c.label_check_files = 300
+  c.voc_image_dir = 'JPEGImages'
+  c.voc_mask_dir = optional(str)  # None: SegmentationClass(Aug), detected.
+  c.voc_split_dir = 'ImageSets/Segmentation'
+  c.voc_image_ext = optional(str)
+  c.voc_mask_ext = '.png'
+  c.pets_border = 'ignore'
+  c.batch_size = 16
+  c.eval_batch_size = 8
+  c.cache = False
+
+  # Losses: names from 'ce', 'dice', 'focal' joined by '+'.
+  c.losses = 'ce'
+  c.loss_weights = ml_collections.ConfigDict({'ce': 1.0, 'dice': 1.0,
+                                              'focal': 1.0})
+  c.class_weights = optional(tuple)  # One weight per class, or None.
+  c.focal_gamma = 2.0
+  c.focal_alpha = optional(float)
+  c.dice_smooth = 1.0
+  c.label_smoothing = 0.0  # Unused by segmentation (kept for config checks).
+
+  # Optimisation: learning_rate is per lr_base_batch_size images.
+  c.optimizer = 'sgd'
+  c.learning_rate = 0.01
+  c.lr_base_batch_size = 16
+  c.momentum = 0.9
+  c.nesterov = False
+  c.weight_decay = 1e-4
+  c.schedule = 'poly'
+  c.poly_power = 0.9
+
+  # Backbone freezing: the backbone gets no update for this long (set one).
+  c.freeze_backbone_epochs = optional(float)
+  c.freeze_backbone_steps = optional(int)
+  c.freeze_backbone_examples = optional(int)
+  # While frozen, True: backbone BatchNorm in train mode (batch statistics,
+  # running averages updated); False: inference mode (running averages).
+  c.freeze_bn_train_mode = True
+
+  c.num_eval_images = 3  # Overlays written to TensorBoard at each eval.
+  c.log_every_steps = 50
+  return c
