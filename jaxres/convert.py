@@ -29,6 +29,7 @@ and ``running_mean``/``running_var`` -> batch_stats ``mean``/``var``;
 ``num_batches_tracked`` is dropped.
 """
 import argparse
+import importlib.util
 import dataclasses
 import fnmatch
 import json
@@ -105,11 +106,8 @@ def _read_safetensors(path: str) -> Dict[str, Any]:
         f'Reading {path} needs the safetensors package '
         '(pip install safetensors).') from e
   try:
-    try:
-      import torch  # pylint: disable=g-import-not-at-top,unused-import
-      framework = 'pt'  # handles bfloat16 tensors
-    except ImportError:
-      framework = 'np'
+    # torch reads bfloat16 tensors, numpy cannot.
+    framework = 'pt' if importlib.util.find_spec('torch') else 'np'
     with safe_open(path, framework=framework) as f:
       return {k: f.get_tensor(k) for k in f.keys()}
   except Exception as e:

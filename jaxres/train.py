@@ -9,13 +9,16 @@ import functools
 import logging
 import signal
 import time
-from typing import Any
+from typing import Any, TYPE_CHECKING
 
 from flax.training import train_state
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+
+if TYPE_CHECKING:
+  import ml_collections  # pylint: disable=g-import-not-at-top
 
 from jaxres import checkpoint as ckpt_lib
 from jaxres import config_checks
@@ -182,11 +185,51 @@ def _format_eta(seconds: float) -> str:
   return f'{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}'
 
 
+class Progress:
+  """Per-step metrics kept on device, checked and summarised at log steps.
+
+  Fetching them only at log/checkpoint steps keeps the host from waiting on
+  every step; a NaN/inf is still caught before the next checkpoint is written.
+  """
+
+  def __init__(self, writer, *, start_step: int, total_steps: int,
+               batch_size: int, last_saved, accuracy_key: str = 'accuracy'):
+    self.writer, self.total_steps, self.batch_size = writer, total_steps, batch_size
+    self.accuracy_key = accuracy_key
+    self.last_saved = last_saved
+    self._history, self._history_start = [], start_step
+    self._t_last, self._step_last = time.time(), start_step
+
+  def add(self, metrics):
+    self._history.append(metrics)
+
+  def report(self, step: int) -> dict:
+    """Checks the steps since the last report, writes and logs their means."""
+    host = jax.device_get(self._history)
+    _check_finite(host, self._history_start, self.last_saved)
+    self._history, self._history_start = [], step
+    now = time.time()
+    steps_per_sec = (step - self._step_last) / max(now - self._t_last, 1e-9)
+    self._t_last, self._step_last = now, step
+    summary = {k: float(np.mean([m[k] for m in host])) for k in host[0]}
+    summary.update(steps_per_sec=steps_per_sec,
+                   images_per_sec=steps_per_sec * self.batch_size)
+    self.writer.write_scalars(step, summary)
+    logging.info(
+        'step %d/%d (%.1f%%) | loss %.4f | %s %.3f | lr %.4g | %.2f steps/s | '
+        '%.1f img/s | ETA %s', step, self.total_steps,
+        100 * step / self.total_steps, summary['loss'], self.accuracy_key,
+        summary[self.accuracy_key], summary['learning_rate'], steps_per_sec,
+        summary['images_per_sec'],
+        _format_eta((self.total_steps - step) / max(steps_per_sec, 1e-9)))
+    return summary
+
+
 # ---------------------------------------------------------------------------
 # Train and evaluate.
 # ---------------------------------------------------------------------------
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
+def train_and_evaluate(config: 'ml_collections.ConfigDict', workdir: str,
                        eval_only: bool = False, checkpoint_step=None):
   """Trains (or only evaluates) the configured classifier; returns metrics."""
   # clu (and through it TensorFlow) is needed for logging only: importing it
@@ -291,10 +334,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                           if isinstance(v, (int, float, str, bool))})
 
   # --- Loop. ---
-  history, history_start = [], start_step
-  last_saved = restored_step
+  progress = Progress(writer, start_step=start_step, total_steps=total_steps,
+                      batch_size=config.batch_size, last_saved=restored_step)
   eval_metrics = {}
-  t_last, step_last = time.time(), start_step
   train_iter = dp.prefetch(ds.train_iter)
   step = start_step
   with _SigtermFlag() as sigterm:
@@ -302,34 +344,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       batch = next(train_iter)
       state, metrics = p_train_step(state, batch, step_rng)
       step += 1
-      history.append(metrics)
+      progress.add(metrics)
 
       preempted = sigterm.received or (
           jax.process_count() > 1 and manager.reached_preemption(step))
       is_last = step == total_steps
       if step % log_every == 0 or step % ckpt_every == 0 or is_last or preempted:
-        host = jax.device_get(history)
-        _check_finite(host, history_start, last_saved)
-        history, history_start = [], step
-        now = time.time()
-        steps_per_sec = (step - step_last) / max(now - t_last, 1e-9)
-        t_last, step_last = now, step
-        summary = {k: float(np.mean([m[k] for m in host])) for k in host[0]}
-        summary.update(steps_per_sec=steps_per_sec,
-                       images_per_sec=steps_per_sec * config.batch_size)
-        writer.write_scalars(step, summary)
-        logging.info(
-            'step %d/%d (%.1f%%) | loss %.4f | acc %.3f | lr %.4g | '
-            '%.2f steps/s | %.0f img/s | ETA %s', step, total_steps,
-            100 * step / total_steps, summary['loss'], summary['accuracy'],
-            summary['learning_rate'], steps_per_sec, summary['images_per_sec'],
-            _format_eta((total_steps - step) / max(steps_per_sec, 1e-9)))
+        progress.report(step)
 
       if step % eval_every == 0 or is_last:
         eval_metrics = run_eval(step)
       if step % ckpt_every == 0 or is_last or preempted:
         ckpt_lib.save(manager, step, state, meta, force=True)
-        last_saved = step
+        progress.last_saved = step
       if preempted and not is_last:
         logging.warning('Preempted: saved step %d; the next start resumes '
                         'from it.', step)

@@ -19,13 +19,16 @@ import functools
 import json
 import logging
 import os
-import time
+from typing import TYPE_CHECKING
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+
+if TYPE_CHECKING:
+  import ml_collections  # pylint: disable=g-import-not-at-top
 
 from jaxres import checkpoint as ckpt_lib
 from jaxres import optim
@@ -34,8 +37,8 @@ from jaxres import seg_metrics
 from jaxres import steps as steps_lib
 from jaxres import visualize
 from jaxres.sharding import DataParallel
-from jaxres.train import (TrainState, _check_finite, _format_eta,  # pylint: disable=g-importing-member
-                          _SigtermFlag, build_model, create_train_state)
+from jaxres.train import (Progress, TrainState, _SigtermFlag,  # pylint: disable=g-importing-member
+                          build_model, create_train_state)
 
 BACKBONE = 'backbone'
 DATASET_INFO_FILE = 'segmentation.json'
@@ -310,7 +313,7 @@ def check_segmentation_config(config, num_classes=None):
                       '\n  '.join(problems))
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
+def train_and_evaluate(config: 'ml_collections.ConfigDict', workdir: str,
                        eval_only: bool = False, checkpoint_step=None):
   """Trains (or only evaluates) the configured segmentation model.
 
@@ -455,10 +458,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                           if isinstance(v, (int, float, str, bool))})
 
   # --- Loop. ---
-  history, history_start = [], start_step
-  last_saved = restored_step
+  progress = Progress(writer, start_step=start_step, total_steps=total_steps,
+                      batch_size=config.batch_size, last_saved=restored_step,
+                      accuracy_key='pixel_accuracy')
   eval_metrics = {}
-  t_last, step_last = time.time(), start_step
   train_iter = dp.prefetch(ds.train_iter)
   step = start_step
   with _SigtermFlag() as sigterm:
@@ -467,35 +470,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       step_fn = p_frozen_train_step if step < freeze_steps else p_train_step
       state, metrics = step_fn(state, batch, step_rng)
       step += 1
-      history.append(metrics)
+      progress.add(metrics)
 
       preempted = sigterm.received or (
           jax.process_count() > 1 and manager.reached_preemption(step))
       is_last = step == total_steps
       if step % log_every == 0 or step % ckpt_every == 0 or is_last or preempted:
-        host = jax.device_get(history)
-        _check_finite(host, history_start, last_saved)
-        history, history_start = [], step
-        now = time.time()
-        steps_per_sec = (step - step_last) / max(now - t_last, 1e-9)
-        t_last, step_last = now, step
-        summary = {k: float(np.mean([m[k] for m in host])) for k in host[0]}
-        summary.update(steps_per_sec=steps_per_sec,
-                       images_per_sec=steps_per_sec * config.batch_size)
-        writer.write_scalars(step, summary)
-        logging.info(
-            'step %d/%d (%.1f%%) | loss %.4f | pixel acc %.3f | lr %.4g | '
-            '%.2f steps/s | %.1f img/s | ETA %s', step, total_steps,
-            100 * step / total_steps, summary['loss'],
-            summary['pixel_accuracy'], summary['learning_rate'], steps_per_sec,
-            summary['images_per_sec'],
-            _format_eta((total_steps - step) / max(steps_per_sec, 1e-9)))
+        progress.report(step)
 
       if step % eval_every == 0 or is_last:
         eval_metrics = run_eval(step)
       if step % ckpt_every == 0 or is_last or preempted:
         ckpt_lib.save(manager, step, state, meta, force=True)
-        last_saved = step
+        progress.last_saved = step
       if preempted and not is_last:
         logging.warning('Preempted: saved step %d; the next start resumes '
                         'from it.', step)

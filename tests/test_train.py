@@ -1,10 +1,7 @@
 """The classification trainer: sharding, checkpoints, the main path, learning."""
 import functools
-import json
-import os
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
