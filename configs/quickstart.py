@@ -23,7 +23,7 @@ def get_config():
   c.shapes_train_size = 10_000
   c.shapes_eval_size = 2_000
   c.batch_size = 128
-  c.eval_batch_size = 500
+  c.eval_batch_size = 400
   c.learning_rate = 0.2
   c.weight_decay = 5e-4
   c.label_smoothing = 0.0
