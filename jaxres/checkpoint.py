@@ -10,6 +10,7 @@ import logging
 import os
 import time
 
+from etils import epath
 import jax
 from jax.experimental import multihost_utils
 import orbax.checkpoint as ocp
@@ -44,8 +45,10 @@ def make_manager(directory: str, *, max_to_keep: int | None,
   options = ocp.CheckpointManagerOptions(
       max_to_keep=max_to_keep, create=not read_only, read_only=read_only,
       enable_async_checkpointing=async_save)
+  if '://' not in str(directory):  # Buckets (gs://...) stay as they are.
+    directory = os.path.abspath(directory)
   return ocp.CheckpointManager(
-      os.path.abspath(directory), options=options,
+      directory, options=options,
       item_handlers={'state': ocp.StandardCheckpointHandler(),
                      'meta': ocp.JsonCheckpointHandler()})
 
@@ -121,9 +124,9 @@ def _restore_step(manager, step, abstract_state, meta):
 def _set_aside(manager, step):
   """Renames an unreadable step directory so a new save can reuse the step."""
   if jax.process_index() == 0:
-    src = os.path.join(str(manager.directory), str(step))
-    dst = f'{src}.unreadable-{time.strftime("%Y%m%d-%H%M%S")}'
-    os.rename(src, dst)
+    src = epath.Path(manager.directory) / str(step)
+    dst = src.parent / f'{step}.unreadable-{time.strftime("%Y%m%d-%H%M%S")}'
+    src.rename(dst)
     logging.warning('Moved unreadable checkpoint %s to %s (kept, not deleted).',
                     src, dst)
   if jax.process_count() > 1:

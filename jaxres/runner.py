@@ -9,6 +9,8 @@ import logging
 import os
 import sys
 
+from etils import epath
+
 from jaxres import checkpoint as ckpt_lib
 from jaxres import config_checks
 
@@ -21,11 +23,11 @@ class WorkdirError(RuntimeError):
 
 def check_workdir(config, workdir: str, write: bool):
   """Refuses a workdir written by another experiment; records ours."""
-  path = os.path.join(workdir, EXPERIMENT_FILE)
+  # epath: the workdir may be a bucket (gs://...) as well as a local folder.
+  path = epath.Path(workdir) / EXPERIMENT_FILE
   meta = ckpt_lib.experiment_meta(config)
-  if os.path.exists(path):
-    with open(path) as f:
-      saved = json.load(f)
+  if path.exists():
+    saved = json.loads(path.read_text())
     problems = ckpt_lib.meta_mismatches(saved, meta)
     if problems:
       raise WorkdirError(
@@ -33,9 +35,8 @@ def check_workdir(config, workdir: str, write: bool):
           '\n  '.join(problems) + '\nUse another --workdir (nothing in this '
           'one was changed).')
   elif write:
-    os.makedirs(workdir, exist_ok=True)
-    with open(path, 'w') as f:
-      json.dump(meta, f, indent=2)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(meta, indent=2))
 
 
 def enable_compilation_cache(config):
