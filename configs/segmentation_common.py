@@ -79,3 +79,26 @@ def segmentation_config() -> ml_collections.ConfigDict:
   c.num_eval_images = 3  # Overlays written to TensorBoard at each eval.
   c.log_every_steps = 50
   return c
+
+
+def voc_config():
+  """PASCAL VOC 2012 + SBD at 512: the data and schedule the VOC configs share.
+
+  Returned unlocked: each VOC config sets its model and optimizer, then locks.
+  """
+  c = segmentation_config()
+  c.dataset = 'voc'
+  c.num_classes = 21
+  c.train_split = 'train_aug'
+  c.eval_split = 'val'
+  c.crop_size = 512
+  c.batch_size = 16
+  c.eval_batch_size = 8
+  c.lr_base_batch_size = 16
+  c.schedule = 'cosine'
+  c.num_train_epochs = 100.0
+  c.freeze_backbone_epochs = 50.0
+  c.freeze_bn_train_mode = True
+  c.eval_every_epochs = 5.0
+  c.checkpoint_every_epochs = 1.0
+  return c

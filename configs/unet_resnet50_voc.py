@@ -25,25 +25,11 @@ from configs import segmentation_common
 
 
 def get_config():
-  c = segmentation_common.segmentation_config()
+  c = segmentation_common.voc_config()
   c.model = 'unet_resnet50'
   c.model_kwargs.align_corners = True
-  c.dataset = 'voc'
-  c.num_classes = 21
-  c.train_split = 'train_aug'
-  c.eval_split = 'val'
-  c.crop_size = 512
-  c.batch_size = 16
-  c.eval_batch_size = 8
   c.optimizer = 'adamw'
   c.learning_rate = 1e-4
-  c.lr_base_batch_size = 16
   c.weight_decay = 0.0
-  c.schedule = 'cosine'
-  c.num_train_epochs = 100.0
-  c.freeze_backbone_epochs = 50.0
-  c.freeze_bn_train_mode = True
-  c.eval_every_epochs = 5.0
-  c.checkpoint_every_epochs = 1.0
   c.lock()
   return c

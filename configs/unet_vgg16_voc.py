@@ -21,28 +21,12 @@ Expected result: the target is bubbliiiing's published VOC 2012 val mIoU for
 UNet-VGG16, 58.78 (VOC+SBD, 512 input). jaxres has not reproduced it yet:
 no VOC run has been made.
 """
-from configs import segmentation_common
+from configs import unet_resnet50_voc
 
 
 def get_config():
-  c = segmentation_common.segmentation_config()
+  c = unet_resnet50_voc.get_config()
+  c.unlock()
   c.model = 'unet_vgg16'
-  c.model_kwargs.align_corners = True
-  c.dataset = 'voc'
-  c.num_classes = 21
-  c.train_split = 'train_aug'
-  c.eval_split = 'val'
-  c.crop_size = 512
-  c.batch_size = 16
-  c.eval_batch_size = 8
-  c.optimizer = 'adamw'
-  c.learning_rate = 1e-4
-  c.lr_base_batch_size = 16
-  c.weight_decay = 0.0
-  c.schedule = 'cosine'
-  c.num_train_epochs = 100.0
-  c.freeze_backbone_epochs = 50.0
-  c.eval_every_epochs = 5.0
-  c.checkpoint_every_epochs = 1.0
   c.lock()
   return c
