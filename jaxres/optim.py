@@ -42,12 +42,8 @@ def decay_mask(params):
   return jax.tree.map(lambda p: p.ndim > 1, params)
 
 
-def make_optimizer(config, lr_fn, trainable_mask=None):
-  """Returns the optax transformation for `config.optimizer`.
-
-  `trainable_mask` (a pytree of bools like params, or None) freezes the
-  parameters marked False: they get zero updates and no optimizer state.
-  """
+def make_optimizer(config, lr_fn):
+  """Returns the optax transformation for `config.optimizer`."""
   name = config.optimizer
   if name == 'sgd':
     tx = optax.chain(
@@ -62,15 +58,11 @@ def make_optimizer(config, lr_fn, trainable_mask=None):
                      f'{", ".join(OPTIMIZERS)}.')
   if config.get('grad_clip_norm'):
     tx = optax.chain(optax.clip_by_global_norm(config.grad_clip_norm), tx)
-  if trainable_mask is not None:
-    labels = jax.tree.map(lambda t: 'train' if t else 'freeze', trainable_mask)
-    tx = optax.multi_transform(
-        {'train': tx, 'freeze': optax.set_to_zero()}, labels)
   return tx
 
 
 def cross_entropy(logits, labels, num_classes: int, label_smoothing: float = 0.):
-  """Mean softmax cross-entropy over the batch, computed in float32."""
+  """Per-example softmax cross-entropy, computed in float32."""
   one_hot = jax.nn.one_hot(labels, num_classes, dtype=jnp.float32)
   if label_smoothing:
     one_hot = optax.smooth_labels(one_hot, label_smoothing)
