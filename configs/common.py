@@ -17,6 +17,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.model = 'resnet50'
   c.model_kwargs = ml_collections.ConfigDict()
   c.dtype = 'float32'  # Compute dtype; parameters are always float32.
+  # Host-to-device image dtype ('bfloat16' halves the traffic; TFDS, folders
+  # and synthetic data).
+  c.input_dtype = 'float32'
 
   # Data.
   c.dataset = 'imagenet2012'
@@ -25,8 +28,14 @@ def base_config() -> ml_collections.ConfigDict:
   c.image_size = 224
   c.batch_size = 1024  # Global, over all devices and processes.
   c.eval_batch_size = 1024
-  c.shuffle_buffer = 16_384
-  c.cache = False
+  c.train_split = optional(str)  # None: the dataset's usual names.
+  c.eval_split = optional(str)
+  c.on_bad_image = 'stop'  # Or 'skip': count unreadable files and go on.
+  c.data_workers = optional(int)  # Decoding threads; None: one per core.
+  c.prefetch_batches = 2  # Batches prepared ahead on the host.
+  # The embedded generated datasets ('shapes', 'shapes_seg'): examples drawn.
+  c.shapes_train_size = 10_000
+  c.shapes_eval_size = 2_000
 
   # Optimisation. learning_rate is per lr_base_batch_size examples.
   c.optimizer = 'sgd'
@@ -35,8 +44,13 @@ def base_config() -> ml_collections.ConfigDict:
   c.momentum = 0.9
   c.nesterov = True
   c.weight_decay = 1e-4
-  c.label_smoothing = 0.1
+  c.adam_b1 = 0.9  # optimizer='adamw' only.
+  c.adam_b2 = 0.999
+  # 'cosine', 'poly' (power poly_power), 'constant' or 'step' (x0.1 at each
+  # of lr_decay_epochs); all after a linear warmup.
   c.schedule = 'cosine'
+  c.poly_power = 0.9
+  c.lr_decay_epochs = (30, 60, 80)
   c.grad_clip_norm = optional(float)
 
   # Durations: set one of *_steps, *_epochs, *_examples for each.
@@ -54,10 +68,22 @@ def base_config() -> ml_collections.ConfigDict:
   c.checkpoint_every_steps = optional(int)
   c.checkpoint_every_examples = optional(int)
   c.max_checkpoints_to_keep = 3
+  # Continuing a workdir with other optimizer hyperparameters (learning rate,
+  # batch, weight decay, ...) is refused unless this says it is meant.
+  c.allow_hparam_changes = False
   # Persistent XLA compilation cache ("" disables; None: ~/.cache/jaxres/xla).
   c.compilation_cache_dir = optional(str)
 
   # Initialisation from a converted PyTorch file or a jaxres checkpoint.
   c.init_from = optional(str)
   c.init_backbone_only = False
+  return c
+
+
+def classification_config() -> ml_collections.ConfigDict:
+  """The base plus the fields only classification reads."""
+  c = base_config()
+  c.task = 'classification'
+  c.label_smoothing = 0.1
+  c.shuffle_buffer = 16_384  # TFDS record shuffle buffer (examples).
   return c

@@ -15,7 +15,7 @@ from configs import common
 
 
 def get_config():
-  c = common.base_config()
+  c = common.classification_config()
   c.model = 'mobilenet_v2'
   c.model_kwargs.width_mult = 1.0
   c.model_kwargs.output_stride = 32

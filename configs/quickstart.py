@@ -13,7 +13,7 @@ from configs import common
 
 
 def get_config():
-  c = common.base_config()
+  c = common.classification_config()
   c.model = 'resnet18'
   c.model_kwargs.width = 8
   c.model_kwargs.stem = 'cifar'

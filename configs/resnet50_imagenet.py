@@ -1,30 +1,16 @@
-r"""ResNet-50 v1.5 on ImageNet-1k: the standard 90-epoch recipe.
+r"""ResNet-50 v1.5 on ImageNet-1k: the 90-epoch recipe of resnet_imagenet.py.
 
-SGD with Nesterov momentum 0.9, lr 0.1 x batch/256, 5 warmup epochs then cosine
-decay, weight decay 1e-4 on kernels, label smoothing 0.1, bfloat16 compute with
-float32 parameters, random-resized crop 224 + flip, eval resize 256 / crop 224.
+Kept under this name because it is the command most researchers start from;
+the recipe, hardware and targets are in configs/resnet_imagenet.py.
 
-Command (ImageNet prepared in the TFDS data dir, see README):
+Command:
   python -m jaxres.main --config=configs/resnet50_imagenet.py --workdir=runs/r50
 
-Hardware and expected result: 8 GPUs or a TPU v3-8 / v4-8 with batch 1024.
-Reference results for this recipe: 76.3-76.5% top-1 (flax examples/imagenet,
-~100 epochs, TPU v3-32 2.1 h / 8xV100). Not yet reproduced with jaxres: no
-ImageNet run has been made on this codebase so far.
+Expected result: 76.13% top-1 (torchvision's ResNet-50 v1 weights); not yet
+reproduced with jaxres.
 """
-from configs import common
+from configs import resnet_imagenet
 
 
 def get_config():
-  c = common.base_config()
-  c.model = 'resnet50'
-  c.model_kwargs.output_stride = 32
-  c.dtype = 'bfloat16'
-  c.batch_size = 1024
-  c.eval_batch_size = 1024
-  c.num_train_epochs = 90.0
-  c.warmup_epochs = 5.0
-  c.checkpoint_every_epochs = 1.0
-  c.eval_every_epochs = 1.0
-  c.lock()
-  return c
+  return resnet_imagenet.get_config('resnet50')

@@ -25,8 +25,6 @@ def segmentation_config() -> ml_collections.ConfigDict:
   c.data_dir = optional(str)  # VOC-style root, or the TFDS data dir.
   c.num_classes = optional(int)  # Including background; None: the dataset's.
   c.class_names = optional(tuple)
-  c.train_split = optional(str)
-  c.eval_split = optional(str)
   c.crop_size = 512  # Training crop (square side).
   c.scale_range = (0.5, 2.0)
   # None: evaluate at full resolution (padded to eval_pad_multiple); an int
@@ -34,9 +32,7 @@ def segmentation_config() -> ml_collections.ConfigDict:
   c.eval_size = optional(object)
   c.eval_pad_multiple = 32
   c.binary_mask_255_to_1 = False
-  c.on_bad_image = 'stop'  # Or 'skip': count unreadable files and go on.
   c.data_workers = 8
-  c.prefetch_batches = 2
   c.label_check_files = 300
   c.voc_image_dir = 'JPEGImages'
   c.voc_mask_dir = optional(str)  # None: SegmentationClass(Aug), detected.
@@ -46,7 +42,6 @@ def segmentation_config() -> ml_collections.ConfigDict:
   c.pets_border = 'ignore'
   c.batch_size = 16
   c.eval_batch_size = 8
-  c.cache = False
 
   # Losses: names from 'ce', 'dice', 'focal' joined by '+'.
   c.losses = 'ce'
@@ -56,7 +51,6 @@ def segmentation_config() -> ml_collections.ConfigDict:
   c.focal_gamma = 2.0
   c.focal_alpha = optional(float)
   c.dice_smooth = 1.0
-  c.label_smoothing = 0.0  # Unused by segmentation (kept for config checks).
 
   # Optimisation: learning_rate is per lr_base_batch_size images.
   c.optimizer = 'sgd'

@@ -1,23 +1,61 @@
 """Orbax checkpointing: periodic async saves, resume, and safe restore.
 
-A checkpoint holds the whole TrainState (step, params, batch_stats, opt_state)
-and a small JSON `meta` item describing the experiment (model, classes,
-optimizer, ...). The data order and every rng are functions of (seed, step), so
-the step inside the state is all a resumed run needs to continue exactly.
+A checkpoint holds the whole TrainState (step, params, batch_stats, opt_state),
+a small JSON `meta` item describing the experiment (model, classes,
+optimizer, ...) and `checksums`: a CRC-32 of every saved array, computed from
+the arrays in memory at save time and verified after every restore, so a
+flipped bit on disk is caught instead of trained on. The data order and every
+rng are functions of (seed, step), so the step inside the state is all a
+resumed run needs to continue exactly.
 """
 import json
 import logging
-import os
 import time
+import zlib
 
 from etils import epath
 import jax
 from jax.experimental import multihost_utils
+import numpy as np
 import orbax.checkpoint as ocp
 
 
 class CheckpointError(RuntimeError):
   """A checkpoint is missing or does not fit the current config."""
+
+
+class ChecksumError(RuntimeError):
+  """A restored array differs from the one that was saved (bit rot)."""
+
+
+class SaveError(RuntimeError):
+  """A checkpoint could not be written (disk full, permissions, I/O)."""
+
+
+def save_error(error: Exception, directory, step: int, last_saved) -> SaveError:
+  """One clear message for a failed save; removes the half-written step."""
+  cause, reasons = error, []
+  while cause is not None and len(reasons) < 5:
+    reasons.append(f'{type(cause).__name__}: {str(cause)[:300]}')
+    cause = cause.__cause__ or cause.__context__
+  text = ' <- '.join(reasons)
+  directory = epath.Path(directory)
+  free = 'unknown'
+  try:
+    import shutil  # pylint: disable=g-import-not-at-top
+    free = f'{shutil.disk_usage(str(directory)).free / 2**20:,.0f} MiB'
+  except OSError:
+    pass
+  if jax.process_index() == 0 and directory.exists():
+    for partial in directory.glob(f'{step}.orbax-checkpoint-tmp*'):
+      partial.rmtree()
+  full = 'No space left on device' in text or 'ENOSPC' in text
+  return SaveError(
+      f'Could not write checkpoint step {step} in {directory}'
+      f'{" (the disk is full)" if full else ""}; free space there: {free}. '
+      f'Earlier checkpoints are intact (the latest is step {last_saved}) and '
+      f'the incomplete step {step} was removed. Free some space or fix the '
+      'permissions, then run the same command to resume. Cause: ' + text)
 
 
 # Config fields that must agree between a checkpoint and the run restoring it.
@@ -40,24 +78,61 @@ def meta_mismatches(saved: dict, current: dict) -> list[str]:
           if saved.get(k) != current.get(k)]
 
 
-def make_manager(directory: str, *, max_to_keep: int | None,
+def make_manager(directory, *, max_to_keep: int | None,
                  read_only: bool = False, async_save: bool = True):
+  """An Orbax manager that creates nothing until its first save."""
   options = ocp.CheckpointManagerOptions(
-      max_to_keep=max_to_keep, create=not read_only, read_only=read_only,
+      max_to_keep=max_to_keep, create=False, read_only=read_only,
       enable_async_checkpointing=async_save)
-  if '://' not in str(directory):  # Buckets (gs://...) stay as they are.
-    directory = os.path.abspath(directory)
+  # epath: the workdir may be a bucket (gs://...) as well as a local folder.
+  directory = epath.Path(directory)
+  if '://' not in str(directory):
+    directory = directory.absolute()
   return ocp.CheckpointManager(
       directory, options=options,
       item_handlers={'state': ocp.StandardCheckpointHandler(),
-                     'meta': ocp.JsonCheckpointHandler()})
+                     'meta': ocp.JsonCheckpointHandler(),
+                     'checksums': ocp.JsonCheckpointHandler()})
+
+
+def checksums(state) -> dict:
+  """{leaf path: CRC-32 of its bytes} of a (replicated) state.
+
+  Each process reads its own copy of every replicated array, so this works in
+  multi-host runs without gathering anything.
+  """
+  out = {}
+  for path, leaf in jax.tree_util.tree_flatten_with_path(state)[0]:
+    if isinstance(leaf, jax.Array):
+      leaf = leaf.addressable_data(0)
+    data = np.ascontiguousarray(np.asarray(leaf)).reshape(-1).view(np.uint8)
+    out[_path_name(path)] = f'{zlib.crc32(data):08x}'
+  return out
 
 
 def save(manager, step: int, state, meta: dict, force: bool = False) -> bool:
   return manager.save(
       step, force=force,
       args=ocp.args.Composite(state=ocp.args.StandardSave(state),
-                              meta=ocp.args.JsonSave(meta)))
+                              meta=ocp.args.JsonSave(meta),
+                              checksums=ocp.args.JsonSave(checksums(state))))
+
+
+def verify(manager, step, tree):
+  """Raises ChecksumError if a restored array of `tree` (the whole state or a
+  part of it, e.g. params and batch_stats) differs from what was saved."""
+  try:
+    saved = manager.restore(step, args=ocp.args.Composite(
+        checksums=ocp.args.JsonRestore()))['checksums']
+  except Exception:  # pylint: disable=broad-except
+    logging.warning('Checkpoint step %d has no checksums (written before '
+                    'jaxres stored them); restored without verification.', step)
+    return
+  bad = sorted(k for k, v in checksums(tree).items() if saved.get(k) != v)
+  if bad:
+    raise ChecksumError(
+        f'{len(bad)} arrays differ from what was saved (checksum mismatch): '
+        f'{", ".join(bad[:5])}{" ..." if len(bad) > 5 else ""}')
 
 
 def abstract_like(state, shardings=None):
@@ -69,18 +144,23 @@ def abstract_like(state, shardings=None):
       state, shardings)
 
 
-def _leaf_shapes(tree, prefix) -> dict:
+def _path_name(path) -> str:
+  """'params/conv1/kernel', the same for a TrainState and its dict form."""
+  return '/'.join(str(getattr(k, 'key', getattr(k, 'name', getattr(k, 'idx', k))))
+                  for k in path)
+
+
+def leaf_shapes(tree, prefix=('params', 'batch_stats')) -> dict:
   """{'params/conv1/kernel': shape} for the dict subtrees params/batch_stats."""
   out = {}
   for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
-    names = [str(getattr(k, 'key', getattr(k, 'name', getattr(k, 'idx', k))))
-             for k in path]
-    if names and names[0] in prefix:
-      out['/'.join(names)] = tuple(getattr(leaf, 'shape', ()))
+    name = _path_name(path)
+    if name.split('/')[0] in prefix:
+      out[name] = tuple(getattr(leaf, 'shape', ()))
   return out
 
 
-def _check_fits(manager, step, abstract_state):
+def check_fits(manager, step, abstract_state):
   """Names every parameter whose presence or shape differs from the config's."""
   try:
     saved_tree = manager.item_metadata(step)['state']
@@ -89,8 +169,8 @@ def _check_fits(manager, step, abstract_state):
   if saved_tree is None:
     return
   prefix = ('params', 'batch_stats')
-  saved = _leaf_shapes(saved_tree, prefix)
-  wanted = _leaf_shapes(abstract_state, prefix)
+  saved = leaf_shapes(saved_tree, prefix)
+  wanted = leaf_shapes(abstract_state, prefix)
   problems = [f'{k}: checkpoint {saved.get(k, "missing")}, model '
               f'{wanted.get(k, "missing")}'
               for k in sorted(set(saved) | set(wanted))
@@ -104,9 +184,16 @@ def _check_fits(manager, step, abstract_state):
         'that wrote the checkpoint.')
 
 
-def _restore_step(manager, step, abstract_state, meta):
+def check_meta(manager, step, meta, fields=None):
+  """Raises CheckpointError if `step` was written by another experiment.
+
+  `fields`: compare only these (inference needs the model, not the optimizer).
+  """
   saved_meta = manager.restore(
       step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))['meta']
+  if fields is not None and meta is not None:
+    saved_meta = {k: saved_meta.get(k) for k in fields if k in saved_meta}
+    meta = {k: meta.get(k) for k in saved_meta}
   problems = meta_mismatches(saved_meta, meta) if meta is not None else []
   if problems:
     raise CheckpointError(
@@ -114,11 +201,16 @@ def _restore_step(manager, step, abstract_state, meta):
         'different experiment:\n  ' + '\n  '.join(problems) +
         '\nUse a new --workdir for this config, or set the config back to '
         'match the checkpoint.')
-  _check_fits(manager, step, abstract_state)
+
+
+def _restore_step(manager, step, abstract_state, meta):
+  check_meta(manager, step, meta)
+  check_fits(manager, step, abstract_state)
   restored = manager.restore(
       step, args=ocp.args.Composite(
-          state=ocp.args.StandardRestore(abstract_state)))
-  return restored['state']
+          state=ocp.args.StandardRestore(abstract_state)))['state']
+  verify(manager, step, restored)
+  return restored
 
 
 def _set_aside(manager, step):
@@ -138,8 +230,8 @@ def restore_latest(manager, abstract_state, meta: dict | None,
                    step: int | None = None, set_aside_unreadable: bool = False):
   """Restores `step` (or the newest readable step); (None, None) if none.
 
-  A checkpoint that cannot be read (truncated file, missing directory) is
-  reported and skipped in favour of the next older one; with
+  A checkpoint that cannot be read (truncated file, missing directory, a
+  checksum mismatch) is reported and skipped in favour of the next older one; with
   `set_aside_unreadable` it is renamed `<step>.unreadable-<time>` so training
   can write that step again. A checkpoint from a different experiment is an
   error, never skipped.
@@ -150,12 +242,29 @@ def restore_latest(manager, abstract_state, meta: dict | None,
       raise CheckpointError(
           f'No checkpoint for step {step} in {manager.directory}; available '
           f'steps: {sorted(steps) or "none"}.')
-    return _restore_step(manager, step, abstract_state, meta), step
+    try:
+      return _restore_step(manager, step, abstract_state, meta), step
+    except CheckpointError:
+      raise
+    except Exception as e:  # pylint: disable=broad-except
+      raise CheckpointError(
+          f'Checkpoint step {step} in {manager.directory} is unreadable '
+          f'({type(e).__name__}: {str(e)[:500]}). Pick another step; nothing '
+          'was changed.') from e
   for candidate in steps:
     try:
       return _restore_step(manager, candidate, abstract_state, meta), candidate
     except CheckpointError:
       raise
+    except ChecksumError as e:
+      if not set_aside_unreadable:  # Evaluation, predict, export: refuse.
+        raise CheckpointError(
+            f'Checkpoint step {candidate} in {manager.directory} fails its '
+            f'checksum: {e}. It is not used; pass another step.') from e
+      logging.warning('Checkpoint step %d in %s fails its checksum (%s); '
+                      'trying the next older one.', candidate,
+                      manager.directory, e)
+      _set_aside(manager, candidate)
     except Exception as e:  # pylint: disable=broad-except
       logging.warning('Checkpoint step %d in %s is unreadable (%s: %s); '
                       'trying the next older one.', candidate,
@@ -167,3 +276,25 @@ def restore_latest(manager, abstract_state, meta: dict | None,
         f'None of the checkpoints {sorted(steps)} in {manager.directory} could '
         'be read; see the warnings above. Nothing was deleted.')
   return None, None
+
+
+def restore_variables(directory, step: int, abstract,
+                      weights: str = 'params') -> dict:
+  """Reads only `weights` (params, or EMA params) and batch_stats of a step's
+  state, onto one device; returns them as {weights, 'batch_stats'}."""
+  device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  wanted = {weights: abstract['params']}
+  if abstract.get('batch_stats'):
+    wanted['batch_stats'] = abstract['batch_stats']
+  target = jax.tree.map(
+      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device),
+      wanted)
+  with ocp.PyTreeCheckpointer() as checkpointer:
+    restored = checkpointer.restore(
+        epath.Path(directory) / str(step) / 'state',
+        args=ocp.args.PyTreeRestore(
+            item=target,
+            restore_args=ocp.checkpoint_utils.construct_restore_args(target),
+            partial_restore=True))
+  restored.setdefault('batch_stats', {})
+  return restored

@@ -1,11 +1,19 @@
-"""Checks of config values, so a mistake fails at start with a clear message."""
-from jaxres import optim
+"""Checks of config values, so a mistake fails at start with a clear message.
 
-_STRIDES = (8, 16, 32)
+Only values the loop itself uses are checked here; each model checks its own
+arguments (see `jaxres.train_state.build_model`) and each task its own fields.
+"""
+from jaxres import optim
 
 
 class ConfigError(ValueError):
   """A config value is out of range or inconsistent."""
+
+
+# Durations: (prefix, may be zero). A zero interval would never fire or divide
+# by zero; a zero-length run or warmup is allowed.
+_DURATIONS = (('num_train', True), ('warmup', True), ('eval_every', False),
+              ('checkpoint_every', False), ('log_every', False))
 
 
 def check_config(config):
@@ -20,33 +28,47 @@ def check_config(config):
   need(config.batch_size > 0, f'batch_size={config.batch_size} must be > 0.')
   need(config.eval_batch_size > 0,
        f'eval_batch_size={config.eval_batch_size} must be > 0.')
+  need(config.lr_base_batch_size > 0,
+       f'lr_base_batch_size={config.lr_base_batch_size} must be > 0.')
   need(config.weight_decay >= 0,
        f'weight_decay={config.weight_decay} must be >= 0.')
-  need(0 <= config.get('label_smoothing', 0.0) < 1,
-       f'label_smoothing={config.get("label_smoothing")} must be in [0, 1).')
+  if 'label_smoothing' in config:
+    need(0 <= config.label_smoothing < 1,
+         f'label_smoothing={config.label_smoothing} must be in [0, 1).')
+  need(config.grad_clip_norm is None or config.grad_clip_norm > 0,
+       f'grad_clip_norm={config.grad_clip_norm} must be > 0 (or None).')
   need(config.optimizer in optim.OPTIMIZERS,
        f'optimizer={config.optimizer!r} is not one of {optim.OPTIMIZERS}.')
   need(config.schedule in optim.SCHEDULES,
        f'schedule={config.schedule!r} is not one of {optim.SCHEDULES}.')
   need(config.dtype in ('float32', 'bfloat16', 'float16'),
        f'dtype={config.dtype!r} is not one of float32, bfloat16, float16.')
+  need(config.input_dtype in ('float32', 'bfloat16'),
+       f'input_dtype={config.input_dtype!r} is not one of float32, bfloat16.')
+  need(config.max_checkpoints_to_keep is None or
+       config.max_checkpoints_to_keep >= 1,
+       f'max_checkpoints_to_keep={config.max_checkpoints_to_keep} must be >= 1 '
+       '(or None to keep every checkpoint); 0 would delete them all.')
+  for prefix, zero_ok in _DURATIONS:
+    for unit in ('steps', 'epochs', 'examples'):
+      name = f'{prefix}_{unit}'
+      value = config.get(name)
+      if value is not None:
+        need(value > 0 or (zero_ok and value == 0),
+             f'{name}={value} must be {">= 0" if zero_ok else "> 0"}.')
+  if config.get('num_classes') is not None:
+    need(config.num_classes > 0, f'num_classes={config.num_classes} must be > 0.')
   import jax  # pylint: disable=g-import-not-at-top
   from jaxres import models  # pylint: disable=g-import-not-at-top
   devices = jax.device_count()
   for field in ('batch_size', 'eval_batch_size'):
     need(config[field] % devices == 0,
          f'{field}={config[field]} must be a multiple of the device count '
-         f'({devices} devices here), e.g. {max(devices, config[field] // devices * devices)}.')
+         f'({devices} devices here), e.g. '
+         f'{max(devices, config[field] // devices * devices)}.')
   need(config.model in models.MODELS,
        f'model={config.model!r} is unknown. Known models: '
        f'{", ".join(sorted(models.MODELS))}.')
-  kwargs = config.get('model_kwargs') or {}
-  if 'output_stride' in kwargs:
-    need(kwargs['output_stride'] in _STRIDES,
-         f'model_kwargs.output_stride={kwargs["output_stride"]} is not one of '
-         f'{_STRIDES}.')
-  if config.get('num_classes') is not None:
-    need(config.num_classes > 0, f'num_classes={config.num_classes} must be > 0.')
   if problems:
     raise ConfigError('Invalid config:\n  ' + '\n  '.join(problems) +
                       '\nFix the config file or the --config.<field> override.')

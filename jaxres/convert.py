@@ -1,4 +1,4 @@
-r"""Imports PyTorch weights into jaxres checkpoints.
+r"""Imports PyTorch weights into jaxres checkpoints, and reads them back.
 
     python -m jaxres.convert --model=resnet50 --num_classes=1000 \
         --input=resnet50-0676ba61.pth --output=/tmp/resnet50_tv
@@ -8,30 +8,17 @@ reads a state dict (``.pth``/``.pt``/``.bin``/``.tar`` through
 variables of the named jaxres model and writes an Orbax checkpoint of
 ``{'params', 'batch_stats'}`` plus ``jaxres_model.json`` into ``--output``
 (which must not exist yet). ``load_pretrained`` is what the trainers'
-``init_from`` calls; it takes a torch file or a jaxres checkpoint directory.
+``init_from`` calls; it takes a torch file, a converted directory or a
+trainer's checkpoints, all read through Orbax's API.
 
-The mapping is built by walking the flax variable tree of the model and
-translating each flax path into the torch key it must come from, so every
-flax variable is accounted for and every left-over torch key is reported.
-Supported source layouts (detected from the keys):
-
-- torchvision ``resnet*``/``wide_resnet50_2``/``resnext50_32x4d``,
-  ``mobilenet_v2``, ``vgg16``;
-- bubbliiiing/unet-pytorch ``Unet`` (``resnet.*`` or ``vgg.*`` encoder);
-- bubbliiiing/deeplabv3-plus-pytorch ``DeepLab(backbone='mobilenet')``
-  (``backbone.features.N.conv.M``) and its ImageNet MobileNetV2 file;
-- for ``backbone_only``: any of the classification files above as the
-  encoder of a segmentation model.
-
-Tensor layouts: conv OIHW -> HWIO (depthwise (C, 1, kh, kw) -> (kh, kw, 1, C)),
-linear ``weight.T``, BatchNorm ``weight``/``bias`` -> params ``scale``/``bias``
-and ``running_mean``/``running_var`` -> batch_stats ``mean``/``var``;
-``num_batches_tracked`` is dropped.
+This file only reads and writes files. The mapping is ``jaxres.weights``;
+how each model's weights are named in PyTorch is at the end of its model file
+(torchvision ResNet, MobileNetV2, VGG16; bubbliiiing's UNet and DeepLabV3+
+and their ImageNet MobileNetV2; with ``backbone_only``, any classification
+file above as the encoder of a segmentation model).
 """
 import argparse
 import importlib.util
-import dataclasses
-import fnmatch
 import json
 import os
 import re
@@ -40,25 +27,21 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
+from jaxres import weights
+
 METADATA_FILE = 'jaxres_model.json'
 VARIABLES_DIR = 'variables'
 FORMAT = 'jaxres-converted-v1'
-COLLECTIONS = ('params', 'batch_stats')
+
+# The mapping's API, for callers of this module.
+ConvertError = weights.ConvertError
+ConversionReport = weights.ConversionReport
+convert_state_dict = weights.convert_state_dict
+StateDict = weights.StateDict
 
 # Keys a training script wraps a state dict in ({'state_dict': sd, 'epoch': 3}).
 _NESTING_KEYS = ('state_dict', 'model_state_dict', 'model', 'net', 'network',
                  'weights', 'params')
-# Last layers of classification models: with backbone_only they stay fresh.
-_CLASSIFIER_MODULES = ('fc', 'classifier_1', 'classifier_6')
-_HEAD_MODULES = _CLASSIFIER_MODULES + ('final', 'cls_conv')
-
-
-class ConvertError(ValueError):
-  """A weight file cannot be imported; the message says why and what to do."""
-
-
-Path = Tuple[str, ...]
-StateDict = Dict[str, np.ndarray]
 
 # --------------------------------------------------------------------------
 # Reading torch files
@@ -168,388 +151,7 @@ def read_state_dict(path: str) -> Tuple[StateDict, List[str]]:
 
 
 # --------------------------------------------------------------------------
-# flax path -> torch key
-# --------------------------------------------------------------------------
-#
-# A flax module path becomes a dotted torch module name by turning '/' and
-# '_<number>' into '.<number>' (layer1_0/conv1 -> layer1.0.conv1,
-# features_0_0 -> features.0.0, aspp/conv_cat_0 -> aspp.conv_cat.0); the
-# per-layout functions below fix what that generic rule cannot express.
-
-
-def _generic_name(path: Path) -> str:
-  return '.'.join(re.sub(r'_(\d+)(?=_|$)', r'.\1', p) for p in path)
-
-
-def _resnet_name(path: Path, kind: str) -> str:
-  del kind
-  name = _generic_name(path)
-  name = re.sub(r'\.downsample_conv$', '.downsample.0', name)
-  return re.sub(r'\.downsample_bn$', '.downsample.1', name)
-
-
-def _tv_mobilenet_name(path: Path, kind: str) -> str:
-  del kind
-  return _generic_name(path)
-
-
-def _bb_mobilenet_name(path: Path, kind: str) -> str:
-  """bubbliiiing MobileNetV2: each block's ``conv`` is one flat Sequential.
-
-  torchvision nests conv+BN+ReLU6 triples (conv.I.J, I < number of triples)
-  and then lists the linear projection conv and its BN (conv.I). Flat index:
-  3 * I + J for a triple; 3 * I for the projection conv and 3 * I - 2 for
-  its BN (the projection conv's I equals the number of triples).
-  """
-  name = _generic_name(path)
-  match = re.fullmatch(r'(.*features\.\d+\.conv)\.(\d+)(?:\.(\d+))?', name)
-  if not match:
-    return name
-  base, i, j = match.group(1), int(match.group(2)), match.group(3)
-  if j is not None:
-    flat = 3 * i + int(j)
-  else:
-    flat = 3 * i if kind == 'conv' else 3 * i - 2
-  return f'{base}.{flat}'
-
-
-def _vgg_name(path: Path, kind: str) -> str:
-  del kind
-  return _generic_name(path)
-
-
-def _head_name(path: Path, kind: str) -> str:
-  del kind
-  return _generic_name(path)
-
-
-@dataclasses.dataclass(frozen=True)
-class Layout:
-  """One way a backbone's weights are named in PyTorch."""
-  description: str
-  prefix: str  # torch key prefix of the backbone
-  module_name: Callable[[Path, str], str]
-  # Keys of the source's own classifier: allowed left-overs with backbone_only.
-  classifier_keys: Tuple[str, ...] = ()
-
-
-_LAYOUTS = {
-    'resnet': (
-        Layout('torchvision ResNet', '', _resnet_name, ('fc.*',)),
-        Layout('bubbliiiing UNet ResNet encoder', 'resnet.', _resnet_name),
-        Layout('DeepLab-style ResNet backbone', 'backbone.', _resnet_name),
-    ),
-    'mobilenet_v2': (
-        Layout('torchvision MobileNetV2', '', _tv_mobilenet_name,
-               ('features.18.*', 'classifier.*')),
-        Layout('bubbliiiing DeepLabV3+ MobileNetV2 backbone', 'backbone.',
-               _bb_mobilenet_name),
-        Layout('bubbliiiing MobileNetV2 (ImageNet)', '', _bb_mobilenet_name,
-               ('features.18.*', 'classifier.*')),
-        Layout('torchvision-layout MobileNetV2 backbone', 'backbone.',
-               _tv_mobilenet_name),
-    ),
-    'vgg': (
-        Layout('torchvision VGG', '', _vgg_name, ('classifier.*',)),
-        Layout('bubbliiiing UNet VGG16 encoder', 'vgg.', _vgg_name),
-    ),
-}
-
-
-def backbone_family(tree: Mapping[str, Any]) -> str:
-  """Which backbone a (sub)tree of flax params is, from its module names."""
-  names = set(tree)
-  if 'layer1_0' in names:
-    return 'resnet'
-  if 'features_1' in names and isinstance(tree['features_1'], Mapping) and (
-      any(k.startswith('conv_') for k in tree['features_1'])):
-    return 'mobilenet_v2'
-  if 'features_0' in names:
-    return 'vgg'
-  raise ConvertError(
-      'Cannot tell which backbone these flax variables belong to (top-level '
-      f'modules: {sorted(names)[:12]}); jaxres.convert knows ResNet, '
-      'MobileNetV2 and VGG.')
-
-
-# --------------------------------------------------------------------------
-# Building and applying the mapping
-# --------------------------------------------------------------------------
-
-_TORCH_LEAF = {
-    ('params', 'kernel'): 'weight',
-    ('params', 'bias'): 'bias',
-    ('params', 'scale'): 'weight',
-    ('batch_stats', 'mean'): 'running_mean',
-    ('batch_stats', 'var'): 'running_var',
-}
-
-
-@dataclasses.dataclass
-class Entry:
-  collection: str
-  path: Path          # flax path inside the collection, leaf name last
-  torch_key: str
-  shape: Tuple[int, ...]
-  in_backbone: bool
-
-  @property
-  def flax_name(self) -> str:
-    return '/'.join((self.collection,) + self.path)
-
-
-def _flatten(tree: Mapping[str, Any], prefix: Path = ()) -> Dict[Path, Any]:
-  out = {}
-  for k, v in tree.items():
-    if isinstance(v, Mapping):
-      out.update(_flatten(v, prefix + (str(k),)))
-    else:
-      out[prefix + (str(k),)] = v
-  return out
-
-
-def _unflatten(flat: Mapping[Path, Any]) -> Dict[str, Any]:
-  tree: Dict[str, Any] = {}
-  for path, v in flat.items():
-    node = tree
-    for p in path[:-1]:
-      node = node.setdefault(p, {})
-    node[path[-1]] = v
-  return tree
-
-
-def _as_dict(variables) -> Dict[str, Any]:
-  try:
-    from flax.core import unfreeze  # pylint: disable=g-import-not-at-top
-    variables = unfreeze(variables)
-  except ImportError:
-    pass
-  return {c: variables[c] for c in COLLECTIONS if c in variables}
-
-
-def _module_kinds(flat: Mapping[Tuple[str, Path], Any]) -> Dict[Path, str]:
-  kinds: Dict[Path, str] = {}
-  for (collection, path), _ in flat.items():
-    if collection == 'params' and path[-1] == 'kernel':
-      kinds[path[:-1]] = 'conv'
-  for (collection, path), _ in flat.items():
-    kinds.setdefault(path[:-1], 'norm')
-  return kinds
-
-
-def _entries(target: Mapping[str, Any], layout: Layout,
-             is_segmentation: bool) -> List[Entry]:
-  """The torch key every flax variable of ``target`` comes from."""
-  flat = {}
-  for collection in COLLECTIONS:
-    for path, leaf in _flatten(target.get(collection, {})).items():
-      flat[(collection, path)] = leaf
-  kinds = _module_kinds(flat)
-  entries = []
-  for (collection, path), leaf in flat.items():
-    module, leaf_name = path[:-1], path[-1]
-    torch_leaf = _TORCH_LEAF.get((collection, leaf_name))
-    if torch_leaf is None:
-      raise ConvertError(
-          f'No PyTorch counterpart known for flax variable '
-          f'{collection}/{"/".join(path)}.')
-    kind = kinds[module]
-    if is_segmentation and module[0] == 'backbone':
-      in_backbone = True
-      name = layout.prefix + layout.module_name(module[1:], kind)
-    elif is_segmentation:
-      in_backbone = False
-      name = _head_name(module, kind)
-    else:
-      in_backbone = module[0] not in _CLASSIFIER_MODULES
-      name = layout.prefix + layout.module_name(module, kind)
-    entries.append(Entry(collection, path, f'{name}.{torch_leaf}',
-                         tuple(np.shape(leaf)), in_backbone))
-  return entries
-
-
-def _to_flax(entry: Entry, w: np.ndarray) -> np.ndarray:
-  if entry.path[-1] != 'kernel':
-    return w
-  if w.ndim == 4:  # conv OIHW -> HWIO; depthwise (C,1,kh,kw) -> (kh,kw,1,C)
-    return w.transpose(2, 3, 1, 0)
-  if w.ndim == 2:
-    if (entry.path[-2] == 'classifier_0' and len(entry.shape) == 2 and
-        entry.shape[0] == w.shape[1] and w.shape[1] % 49 == 0):
-      # torchvision VGG flattens (C, 7, 7); jaxres flattens NHWC (7, 7, C).
-      out, c = w.shape[0], w.shape[1] // 49
-      return w.reshape(out, c, 7, 7).transpose(2, 3, 1, 0).reshape(-1, out)
-    return w.T
-  return w
-
-
-def _flax_shape_in_torch(entry: Entry) -> Tuple[int, ...]:
-  s = entry.shape
-  if entry.path[-1] == 'kernel' and len(s) == 4:
-    return (s[3], s[2], s[0], s[1])
-  if entry.path[-1] == 'kernel' and len(s) == 2:
-    return (s[1], s[0])
-  return s
-
-
-def _mismatch_cause(entry: Entry, got: Tuple[int, ...],
-                    want: Tuple[int, ...]) -> str:
-  module = entry.path[-2] if len(entry.path) > 1 else ''
-  if module in _HEAD_MODULES and got and want and got[0] != want[0]:
-    return (f'likely num_classes: the checkpoint has {got[0]} classes and the '
-            f'model {want[0]}. Build the model with num_classes={got[0]}, or '
-            'load only the backbone (backbone_only / --backbone_only) to '
-            'train a fresh head.')
-  if entry.path[-1] == 'kernel' and len(got) == 4 and got[2:] != want[2:]:
-    return 'kernel sizes differ: a different architecture or --model.'
-  return ('channel counts differ: a different model variant (depth, width, '
-          'width_mult, groups) or the wrong --model.')
-
-
-def _matches(key: str, patterns: Sequence[str]) -> bool:
-  return any(fnmatch.fnmatchcase(key, p) for p in patterns)
-
-
-def _choose_layout(family: str, entries_for: Callable[[Layout], List[Entry]],
-                   state: StateDict, is_segmentation: bool,
-                   backbone_only: bool) -> Tuple[Layout, List[Entry]]:
-  best = None
-  for layout in _LAYOUTS[family]:
-    if not is_segmentation and layout.prefix and not backbone_only:
-      continue  # a whole classifier comes from a classification file
-    entries = entries_for(layout)
-    score = sum(e.torch_key in state for e in entries if e.in_backbone)
-    if best is None or score > best[0]:
-      best = (score, layout, entries)
-  assert best is not None
-  return best[1], best[2]
-
-
-@dataclasses.dataclass
-class ConversionReport:
-  layout: str
-  loaded: List[str]                 # flax names filled from the file
-  kept: List[str]                   # flax names left as initialised
-  ignored: List[str]                # torch keys deliberately not used
-  notes: List[str]
-
-  def summary(self) -> str:
-    lines = [f'source layout: {self.layout}',
-             f'loaded {len(self.loaded)} variables from the file']
-    if self.kept:
-      lines.append(f'kept {len(self.kept)} freshly initialised: '
-                   + ', '.join(self.kept[:8]) + (' ...' if len(self.kept) > 8 else ''))
-    if self.ignored:
-      lines.append(f'not used from the file ({len(self.ignored)}): '
-                   + ', '.join(self.ignored[:8])
-                   + (' ...' if len(self.ignored) > 8 else ''))
-    lines += self.notes
-    return '\n'.join(lines)
-
-
-def convert_state_dict(
-    state: StateDict, target_variables: Mapping[str, Any], *,
-    backbone_only: bool = False,
-    allow_missing: Sequence[str] = (),
-    allow_unexpected: Sequence[str] = (),
-) -> Tuple[Dict[str, Any], ConversionReport]:
-  """Maps a torch state dict onto ``target_variables`` (arrays or shapes).
-
-  Returns new variables with the same tree as the target: every leaf comes
-  from the state dict, except - with ``backbone_only`` - those outside the
-  backbone (segmentation head, classifier), and those whose torch key
-  matches an ``allow_missing`` pattern; those keep the target's value (a
-  ``jax.ShapeDtypeStruct`` target cannot keep values, so there they must be
-  present). Raises ConvertError naming every missing key, every unused torch
-  key (unless it matches ``allow_unexpected``) and every shape mismatch.
-  """
-  target = _as_dict(target_variables)
-  if 'params' not in target:
-    raise ConvertError("Target variables have no 'params' collection.")
-  params = target['params']
-  is_segmentation = 'backbone' in params
-  family = backbone_family(params['backbone'] if is_segmentation else params)
-  layout, entries = _choose_layout(
-      family, lambda l: _entries(target, l, is_segmentation), state,
-      is_segmentation, backbone_only)
-
-  wanted = [e for e in entries if e.in_backbone or not backbone_only]
-  consumed = {e.torch_key for e in wanted}
-  # The target's own head keys, when only its backbone is loaded.
-  head_keys = {e.torch_key for e in entries} - consumed
-  problems, missing, kept, flat_out = [], [], [], {}
-  missing_in_backbone = 0
-  target_flat = {(c, p): v for c in COLLECTIONS
-                 for p, v in _flatten(target.get(c, {})).items()}
-  for e in entries:
-    target_leaf = target_flat[(e.collection, e.path)]
-    if backbone_only and not e.in_backbone:
-      kept.append(e.flax_name)
-      flat_out[(e.collection, e.path)] = target_leaf
-      continue
-    if e.torch_key not in state:
-      if _matches(e.torch_key, allow_missing):
-        kept.append(e.flax_name)
-        flat_out[(e.collection, e.path)] = target_leaf
-      else:
-        missing.append(f'{e.torch_key} (for {e.flax_name}, shape '
-                       f'{_flax_shape_in_torch(e)})')
-        missing_in_backbone += e.in_backbone
-      continue
-    w = np.asarray(state[e.torch_key])
-    value = _to_flax(e, w)
-    if tuple(value.shape) != e.shape:
-      want = _flax_shape_in_torch(e)
-      problems.append(
-          f'shape mismatch for {e.torch_key}: checkpoint {tuple(w.shape)}, '
-          f'model {want} (flax {e.flax_name} {e.shape}); '
-          + _mismatch_cause(e, tuple(w.shape), want))
-      continue
-    dtype = getattr(target_leaf, 'dtype', np.float32)
-    flat_out[(e.collection, e.path)] = value.astype(dtype)
-
-  ignored, unexpected = [], []
-  for key in sorted(state):
-    if key in consumed or key.endswith('num_batches_tracked'):
-      continue
-    if _matches(key, allow_unexpected):
-      ignored.append(key)
-    elif backbone_only and (
-        (layout.prefix and not key.startswith(layout.prefix)) or
-        _matches(key, layout.classifier_keys) or key in head_keys):
-      ignored.append(key)  # head / classifier of the source model
-    else:
-      unexpected.append(key)
-
-  if missing or unexpected or problems:
-    msg = [f'Cannot load the state dict into this model (best matching '
-           f'source layout: {layout.description}).']
-    if missing and not missing_in_backbone and not backbone_only:
-      msg.append('The file covers the backbone but not the head: load it '
-                 'with backbone_only=True (--backbone_only, '
-                 'config.init_backbone_only) to keep a fresh head.')
-    if missing:
-      msg.append(f'{len(missing)} missing key(s): ' + '; '.join(missing))
-    if unexpected:
-      msg.append(f'{len(unexpected)} unexpected key(s): ' + ', '.join(unexpected))
-    msg.extend(problems)
-    raise ConvertError('\n'.join(msg))
-
-  variables = _unflatten({(c,) + p: v for (c, p), v in flat_out.items()})
-  report = ConversionReport(
-      layout=layout.description,
-      loaded=sorted(set(e.flax_name for e in wanted) - set(kept)),
-      kept=kept, ignored=ignored, notes=[])
-  if layout.prefix == 'resnet.' and not backbone_only:
-    report.notes.append(
-        "note: bubbliiiing's UNet pools its stem with padding 0 and ceil_mode; "
-        "build unet_resnet50 with backbone_stem='ceil_pool' to reproduce its "
-        'outputs exactly.')
-  return variables, report
-
-
-# --------------------------------------------------------------------------
-# jaxres checkpoints
+# jaxres checkpoints, through Orbax's API
 # --------------------------------------------------------------------------
 
 
@@ -563,7 +165,7 @@ def model_variables_shape(model_name: str, num_classes: Optional[int],
   x = jnp.zeros((1, image_size, image_size, 3), jnp.float32)
   shapes = jax.eval_shape(
       lambda: model.init(jax.random.PRNGKey(0), x, train=False))
-  return model, _as_dict(shapes)
+  return model, weights.as_variables(shapes)
 
 
 def save_converted(output_dir: str, variables: Mapping[str, Any],
@@ -576,134 +178,126 @@ def save_converted(output_dir: str, variables: Mapping[str, Any],
   os.makedirs(output_dir)
   ckptr = ocp.StandardCheckpointer()
   ckptr.save(os.path.join(output_dir, VARIABLES_DIR),
-             {c: variables[c] for c in COLLECTIONS if c in variables})
+             {c: variables[c] for c in weights.COLLECTIONS if c in variables})
   ckptr.wait_until_finished()
   with open(os.path.join(output_dir, METADATA_FILE), 'w') as f:
     json.dump(dict(metadata, format=FORMAT), f, indent=2, sort_keys=True)
 
 
-def _restore_tree(path: str) -> Dict[str, Any]:
+def _variables_in(tree: Any, keys: Tuple[str, ...] = ()):
+  """(keys, {'params'[, 'batch_stats']}) of the first such node, or None."""
+  if not isinstance(tree, Mapping):
+    return None
+  if 'params' in tree:
+    return keys, {c: tree[c] for c in weights.COLLECTIONS if tree.get(c)}
+  for k, v in tree.items():
+    found = _variables_in(v, keys + (k,))
+    if found is not None:
+      return found
+  return None
+
+
+def _restore_variables(tree_metadata, restore) -> Optional[Dict[str, Any]]:
+  """Restores only the variables in a checkpoint, as numpy arrays.
+
+  ``tree_metadata`` is the checkpoint's tree of array metadata (None if
+  it has none) and ``restore(args)`` restores it with Orbax restore args.
+  """
+  import jax  # pylint: disable=g-import-not-at-top
   import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
-  return ocp.PyTreeCheckpointer().restore(os.path.abspath(path))
+  found = _variables_in(tree_metadata)
+  if found is None:
+    return None
+  keys, tree = found
+  abstract = jax.tree.map(
+      lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype), tree)
+  for k in reversed(keys):
+    abstract = {k: abstract}
+  restored = restore(ocp.args.PyTreeRestore(
+      abstract, partial_restore=True, restore_args=jax.tree.map(
+          lambda _: ocp.RestoreArgs(restore_type=np.ndarray), abstract)))
+  for k in keys:
+    restored = restored[k]
+  return weights.as_variables(restored)
 
 
-def _find_variables(tree: Any) -> Optional[Dict[str, Any]]:
-  """{'params', 'batch_stats'} from a restored tree (TrainState-like or not)."""
-  if isinstance(tree, Mapping):
-    if 'params' in tree:
-      out = {'params': tree['params']}
-      if isinstance(tree.get('batch_stats'), Mapping):
-        out['batch_stats'] = tree['batch_stats']
-      return out
-    for v in tree.values():
-      found = _find_variables(v)
-      if found is not None:
-        return found
+def _read_tree(path: str):
+  """(variables, {}) of one PyTree checkpoint, or None if it is not one."""
+  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+  ckptr = ocp.PyTreeCheckpointer()
+  variables = _restore_variables(
+      getattr(ckptr.metadata(path).item_metadata, 'tree', None),
+      lambda args: ckptr.restore(path, args=args))
+  return None if variables is None else (variables, {})
+
+
+def _read_step(path: str):
+  """(variables, JSON items merged) of one composite checkpoint, or None.
+
+  A trainer's step holds its TrainState and JSON 'meta' as two items; the
+  item names and handlers come from the step's own metadata.
+  """
+  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+  item_handlers = ocp.Checkpointer(ocp.CompositeCheckpointHandler()).metadata(
+      path).item_handlers
+  kinds = {n: str(h).rsplit('.', 1)[-1]
+           for n, h in (item_handlers or {}).items()}
+  trees = sorted(n for n, k in kinds.items() if k in (
+      'StandardCheckpointHandler', 'PyTreeCheckpointHandler'))
+  jsons = sorted(n for n, k in kinds.items() if k == 'JsonCheckpointHandler')
+  ckptr = ocp.Checkpointer(ocp.CompositeCheckpointHandler(
+      **{n: ocp.PyTreeCheckpointHandler() for n in trees},
+      **{n: ocp.JsonCheckpointHandler() for n in jsons}))
+  item_metadata = ckptr.metadata(path).item_metadata
+  for name in trees:
+    variables = _restore_variables(
+        getattr(item_metadata[name], 'tree', None),
+        lambda args, name=name: ckptr.restore(
+            path, ocp.args.Composite(**{name: args}))[name])
+    if variables is not None:
+      meta = {}
+      if jsons:
+        restored = ckptr.restore(path, ocp.args.Composite(
+            **{n: ocp.args.JsonRestore() for n in jsons}))
+        for n in jsons:
+          meta.update(restored[n] or {})
+      return variables, meta
   return None
 
 
 def read_jaxres_checkpoint(path: str) -> Tuple[Dict[str, Any], Dict[str, Any]]:
-  """(variables, metadata) from a converted dir or a training checkpoint dir.
+  """(variables, metadata) from a converted dir or a training checkpoint.
 
-  Training checkpoints: an Orbax CheckpointManager directory (latest numeric
-  step is used), one step directory, or one item directory whose tree holds
-  'params' (and 'batch_stats').
+  Training checkpoints: a trainer's workdir or its Orbax CheckpointManager
+  directory (the latest step is used), one step of it, or one PyTree
+  checkpoint whose tree holds 'params' (and 'batch_stats').
   """
+  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
   path = os.path.abspath(path)
-  meta_file = os.path.join(path, METADATA_FILE)
-  if os.path.exists(meta_file):
-    with open(meta_file) as f:
+  meta = {}
+  if os.path.isfile(os.path.join(path, METADATA_FILE)):  # by save_converted
+    with open(os.path.join(path, METADATA_FILE)) as f:
       meta = json.load(f)
-    return _as_dict(_restore_tree(os.path.join(path, VARIABLES_DIR))), meta
-  if os.path.isdir(os.path.join(path, 'checkpoints')):  # a training workdir
-    path = os.path.join(path, 'checkpoints')
-  candidates = [path]
-  steps = sorted((int(d) for d in os.listdir(path) if d.isdigit()
-                  and os.path.isdir(os.path.join(path, d))), reverse=True)
-  if steps:
-    candidates = [os.path.join(path, str(steps[0]))]
-  for cand in list(candidates):
-    candidates += sorted(
-        os.path.join(cand, d) for d in os.listdir(cand)
-        if os.path.isdir(os.path.join(cand, d)) and d != 'd'
-        and not d.startswith(('_', '.', 'ocdbt')))
-  errors = []
-  for cand in candidates:
-    if not os.path.exists(os.path.join(cand, '_METADATA')):
-      continue
-    try:
-      found = _find_variables(_restore_tree(cand))
-    except Exception as e:  # pylint: disable=broad-except
-      errors.append(f'{cand}: {type(e).__name__}: {e}')
-      continue
-    if found is not None:
-      meta = {'source': cand}
-      meta_file = os.path.join(os.path.dirname(cand), 'meta', 'metadata')
-      if os.path.isfile(meta_file):  # the trainers' JSON 'meta' item
-        with open(meta_file) as f:
-          meta.update(json.load(f))
-      return _as_dict(found), meta
-  raise ConvertError(
-      f'{path} is neither a converted jaxres checkpoint (no {METADATA_FILE}) '
-      "nor an Orbax checkpoint holding 'params'." +
-      (' Errors: ' + '; '.join(errors) if errors else ''))
-
-
-def _merge_checkpoint(source: Mapping[str, Any], target: Mapping[str, Any],
-                      backbone_only: bool) -> Dict[str, Any]:
-  """Copies source leaves into target, by flax path, with checks."""
-  target = _as_dict(target)
-  source = _as_dict(source)
-  t_seg = 'backbone' in target['params']
-  s_seg = 'backbone' in source['params']
-  out_flat = {}
-  problems, missing, unexpected = [], [], []
-  for c in COLLECTIONS:
-    t_flat = _flatten(target.get(c, {}))
-    s_flat = dict(_flatten(source.get(c, {})))
-    if backbone_only:
-      if t_seg and not s_seg:  # classification checkpoint as the encoder
-        s_flat = {('backbone',) + p: v for p, v in s_flat.items()
-                  if p[0] not in _CLASSIFIER_MODULES}
-      if not t_seg and s_seg:
-        s_flat = {p[1:]: v for p, v in s_flat.items() if p[0] == 'backbone'}
-    used = set()
-    for p, t_leaf in t_flat.items():
-      name = '/'.join((c,) + p)
-      in_backbone = (p[0] == 'backbone') if t_seg else (
-          p[0] not in _CLASSIFIER_MODULES)
-      if backbone_only and not in_backbone:
-        out_flat[(c,) + p] = t_leaf
-        continue
-      if p not in s_flat:
-        missing.append(name)
-        continue
-      used.add(p)
-      s_leaf = np.asarray(s_flat[p])
-      if s_leaf.shape != tuple(np.shape(t_leaf)):
-        e = Entry(c, p, name, tuple(np.shape(t_leaf)), in_backbone)
-        problems.append(
-            f'shape mismatch for {name}: checkpoint {s_leaf.shape}, model '
-            f'{tuple(np.shape(t_leaf))}; '
-            + _mismatch_cause(e, s_leaf.shape[::-1], tuple(np.shape(t_leaf))[::-1]))
-        continue
-      out_flat[(c,) + p] = s_leaf.astype(getattr(t_leaf, 'dtype', np.float32))
-    for p in s_flat:
-      if p in used:
-        continue
-      if backbone_only and (p[0] != 'backbone' if t_seg else
-                            p[0] in _CLASSIFIER_MODULES):
-        continue
-      unexpected.append('/'.join((c,) + p))
-  if missing or unexpected or problems:
-    msg = ['Cannot load the checkpoint into this model.']
-    if missing:
-      msg.append(f'{len(missing)} missing: ' + ', '.join(missing))
-    if unexpected:
-      msg.append(f'{len(unexpected)} unexpected: ' + ', '.join(unexpected))
-    msg.extend(problems)
-    raise ConvertError('\n'.join(msg))
-  return _unflatten(out_flat)
+    path = os.path.join(path, VARIABLES_DIR)
+  try:
+    found = _read_tree(path)
+    if found is None:
+      for directory in (os.path.join(path, 'checkpoints'), path):
+        latest = ocp.step.latest_step_metadata(
+            directory, ocp.step.standard_name_format())
+        if latest is not None:  # a checkpoint manager's directory
+          path = str(latest.path)
+          break
+      found = _read_step(path)
+  except Exception as e:  # pylint: disable=broad-except
+    raise ConvertError(
+        f'Could not read {path} as a jaxres checkpoint: '
+        f'{type(e).__name__}: {e}') from e
+  if found is None:
+    raise ConvertError(
+        f'{path} is neither a converted jaxres checkpoint (no {METADATA_FILE}) '
+        "nor an Orbax checkpoint holding 'params'.")
+  return found[0], {'source': path, **meta, **found[1]}
 
 
 def load_pretrained(path: str, target_variables: Mapping[str, Any],
@@ -729,7 +323,8 @@ def load_pretrained(path: str, target_variables: Mapping[str, Any],
       if meta.get('model') and meta['model'] != model_name:
         log(f'init_from: {path} was converted for {meta["model"]}, loading '
             f'into {model_name}.')
-      merged = _merge_checkpoint(source, target_variables, backbone_only)
+      merged = weights.merge_variables(source, target_variables,
+                                       backbone_only)
       log(f'init_from: loaded {"backbone of " if backbone_only else ""}'
           f'jaxres checkpoint {path} into {model_name}.')
       return merged
@@ -804,15 +399,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.backbone_only or _patterns(args.allow_missing):
       import jax  # pylint: disable=g-import-not-at-top
       import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-      target = _as_dict(jax.jit(lambda: model.init(
-          jax.random.PRNGKey(0), jnp.zeros((1, 64, 64, 3)), train=False))())
-      target = {c: _unflatten({p: np.asarray(v) for p, v in
-                               _flatten(target[c]).items()}) for c in target}
+      target = jax.tree.map(np.asarray, weights.as_variables(jax.jit(
+          lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, 64, 64, 3)),
+                             train=False))()))
     variables, report = convert_state_dict(
         state, target, backbone_only=args.backbone_only,
         allow_missing=_patterns(args.allow_missing),
         allow_unexpected=_patterns(args.allow_unexpected))
-    num_params = int(sum(np.size(v) for v in _flatten(variables['params']).values()))
+    num_params = int(sum(
+        np.size(v) for v in weights.flatten(variables['params']).values()))
     save_converted(args.output, variables, {
         'model': args.model,
         'num_classes': args.num_classes,

@@ -1,6 +1,6 @@
 """Optimizers and learning-rate schedules built from the config.
 
-Durations reach this module already converted to steps (see `jaxres.steps`).
+Durations reach this module already converted to steps (see `jaxres.durations`).
 """
 import jax
 import jax.numpy as jnp
@@ -19,14 +19,14 @@ def learning_rate_fn(config, base_lr: float, total_steps: int,
     decay = optax.cosine_decay_schedule(base_lr, decay_steps)
   elif name == 'poly':
     decay = optax.polynomial_schedule(
-        base_lr, 0.0, power=config.get('poly_power', 0.9),
+        base_lr, 0.0, power=config.poly_power,
         transition_steps=decay_steps)
   elif name == 'constant':
     decay = optax.constant_schedule(base_lr)
   elif name == 'step':
     # Multiply by 0.1 at the given epochs (the original ResNet recipe).
     boundaries = {int(e * steps_per_epoch) - warmup_steps: 0.1
-                  for e in config.get('lr_decay_epochs', (30, 60, 80))}
+                  for e in config.lr_decay_epochs}
     decay = optax.piecewise_constant_schedule(base_lr, boundaries)
   else:
     raise ValueError(f'Unknown config.schedule={name!r}; choose one of '
@@ -50,13 +50,13 @@ def make_optimizer(config, lr_fn):
         optax.add_decayed_weights(config.weight_decay, decay_mask),
         optax.sgd(lr_fn, momentum=config.momentum, nesterov=config.nesterov))
   elif name == 'adamw':
-    tx = optax.adamw(lr_fn, b1=config.get('adam_b1', 0.9),
-                     b2=config.get('adam_b2', 0.999),
+    tx = optax.adamw(lr_fn, b1=config.adam_b1,
+                     b2=config.adam_b2,
                      weight_decay=config.weight_decay, mask=decay_mask)
   else:
     raise ValueError(f'Unknown config.optimizer={name!r}; choose one of '
                      f'{", ".join(OPTIMIZERS)}.')
-  if config.get('grad_clip_norm'):
+  if config.grad_clip_norm:
     tx = optax.chain(optax.clip_by_global_norm(config.grad_clip_norm), tx)
   return tx
 

@@ -1,233 +1,349 @@
-r"""Segment images with a trained checkpoint; write colour masks and overlays.
+r"""Predict with a trained checkpoint: top-k classes, or segmentation masks.
 
+  python -m jaxres.predict --config=configs/quickstart.py \
+      --workdir=/tmp/quickstart --input=photo.jpg --output=/tmp/pred
   python -m jaxres.predict --config=configs/seg_quickstart.py \
-      --workdir=/tmp/seg_quickstart --input=photo.jpg --output=/tmp/pred
-  python -m jaxres.predict --config=... --checkpoint=RUN/checkpoints/400 \
-      --input=folder/ --output=/tmp/pred --overwrite
+      --checkpoint=RUN/checkpoints/400 --input=folder/ --output=/tmp/pred \
+      --overwrite
 
-For every input image `a/b.jpg` this writes, at the image's original size,
-`a/b_mask.png` (a palette PNG: it shows the VOC colours and reading it with
-PIL gives the class indices) and `a/b_overlay.png` (the colours blended over
-the image). Images are preprocessed as in evaluation: resized to
-config.eval_size if that is set, else run at full resolution.
+(`jaxres-predict` once installed.) The run's task decides what is written:
 
-A missing or unreadable checkpoint, or one written for another model or class
-count, is an error: prediction never runs on random weights.
+- Classification: the `--top_k` classes with their names and probabilities,
+  as a table on the console and in `predictions.csv` and `predictions.json`.
+  Images are preprocessed as in evaluation: resized to config.image_size for
+  the embedded `shapes` and `synthetic` data; for photographs (TFDS datasets,
+  image folders) the centre of the shorter side, resized to image_size.
+- Segmentation: for every input image `a/b.jpg`, at the image's original
+  size, `a/b_mask.png` (a palette PNG: it shows the VOC colours and reading it
+  with PIL gives the class indices) and `a/b_overlay.png` (the colours blended
+  over the image). Images are resized to config.eval_size if that is set, else
+  run at full resolution.
+
+A missing checkpoint, or one written for another task, model or class count,
+is an error, and so is a non-empty --output without --overwrite: each stops
+with one message and exit status 2. Prediction never runs on random weights.
 """
-import functools
+import csv
+import io
 import json
 import logging
-import os
-import sys
 from typing import Optional, Sequence
 
 from absl import app
 from absl import flags
+from etils import epath
 import jax
 import jax.numpy as jnp
-from ml_collections import config_flags
 import numpy as np
 
 from jaxres import checkpoint as ckpt_lib
 from jaxres import config_checks
-from jaxres import train_seg
-from jaxres import visualize
-from jaxres.sharding import DataParallel
+from jaxres import inference
+from jaxres import main as main_lib
 
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.webp', '.tif', '.tiff')
+CLASSIFICATION_BATCH = 16  # One compilation for any number of images.
+# Datasets whose eval images are already image_size: resize, no centre crop.
+RESIZE_ONLY_DATASETS = ('shapes', 'synthetic')
 
 
 class PredictError(RuntimeError):
   """Bad input, output or checkpoint arguments."""
 
 
-def _checkpoint_location(workdir: Optional[str], checkpoint: Optional[str]):
-  """(checkpoints directory, step or None, workdir) from the two flags."""
-  if bool(workdir) == bool(checkpoint):
-    raise PredictError('Give exactly one of --workdir (latest checkpoint of a '
-                       'run) and --checkpoint (DIR/checkpoints/STEP).')
-  if workdir:
-    return os.path.join(workdir, 'checkpoints'), None, workdir
-  checkpoint = os.path.normpath(checkpoint)
-  step = os.path.basename(checkpoint)
-  if not step.isdigit():
-    raise PredictError(
-        f'--checkpoint={checkpoint} must name a step directory such as '
-        'RUN/checkpoints/1000 (or use --workdir=RUN for the latest step).')
-  directory = os.path.dirname(checkpoint)
-  run_dir = os.path.dirname(directory) if os.path.basename(
-      directory) == 'checkpoints' else directory
-  return directory, int(step), run_dir
+# ---------------------------------------------------------------------------
+# Inputs and outputs (local or gs:// paths).
+# ---------------------------------------------------------------------------
 
-
-def _num_classes(config, run_dir: str) -> int:
-  """From the run's segmentation.json, checked against config.num_classes."""
-  path = os.path.join(run_dir, train_seg.DATASET_INFO_FILE)
-  saved = None
-  if os.path.exists(path):
-    with open(path) as f:
-      saved = json.load(f)['num_classes']
-  configured = config.get('num_classes')
-  if saved is not None and configured is not None and saved != configured:
-    raise ckpt_lib.CheckpointError(
-        f'The run in {run_dir} was trained with {saved} classes, but '
-        f'config.num_classes={configured}.')
-  if saved is None and configured is None:
-    raise PredictError(
-        f'Cannot tell the number of classes: {path} is missing and '
-        'config.num_classes is not set. Pass --config.num_classes=N.')
-  return saved if saved is not None else configured
-
-
-def restore_for_inference(config, checkpoints_dir: str, step: Optional[int],
-                          num_classes: int, dp: DataParallel):
-  """Restores (model, state) from a checkpoint; raises CheckpointError."""
-  if not os.path.isdir(checkpoints_dir):
-    raise ckpt_lib.CheckpointError(
-        f'No checkpoint directory {checkpoints_dir}. Point --workdir at a '
-        'training run (prediction never uses random weights).')
-  model = train_seg.build_model(config, num_classes)
-  crop = train_seg._hw(config.get('crop_size', 512))  # pylint: disable=protected-access
-  lr_fn = lambda count: 0.0
-  abstract = jax.eval_shape(
-      functools.partial(train_seg.build_state, config, model, (*crop, 3), 0,
-                        lr_fn), jax.random.key(0))
-  abstract = ckpt_lib.abstract_like(
-      abstract, jax.tree.map(lambda _: dp.replicated, abstract))
-  manager = ckpt_lib.make_manager(checkpoints_dir, max_to_keep=None,
-                                  read_only=True)
-  try:
-    state, restored_step = ckpt_lib.restore_latest(
-        manager, abstract, ckpt_lib.experiment_meta(config), step=step)
-  finally:
-    manager.close()
-  if state is None:
-    raise ckpt_lib.CheckpointError(
-        f'No checkpoint in {checkpoints_dir}: nothing to predict with '
-        '(prediction never uses random weights).')
-  logging.info('Restored step %d from %s.', restored_step, checkpoints_dir)
-  return model, state
-
-
-def find_images(path: str) -> list[str]:
-  if os.path.isfile(path):
-    return [path]
-  if not os.path.isdir(path):
+def find_images(path: str) -> list[epath.Path]:
+  root = epath.Path(path)
+  if root.is_file():
+    return [root]
+  if not root.is_dir():
     raise PredictError(f'--input={path} is neither an image file nor a folder.')
-  found = []
-  for root, _, files in os.walk(path):
-    found += [os.path.join(root, f) for f in files
-              if f.lower().endswith(IMAGE_EXTENSIONS)]
+  found, folders = [], [root]
+  while folders:  # A walk: gs:// paths have no recursive glob.
+    for p in folders.pop().iterdir():
+      if p.is_dir():
+        folders.append(p)
+      elif p.suffix.lower() in IMAGE_EXTENSIONS:
+        found.append(p)
+  found.sort()
   if not found:
-    raise PredictError(f'No images ({", ".join(IMAGE_EXTENSIONS)}) under {path}.')
-  return sorted(found)
+    raise PredictError(
+        f'No images ({", ".join(IMAGE_EXTENSIONS)}) under {path}.')
+  return found
 
 
 def check_output_dir(output: str, overwrite: bool):
-  if os.path.isdir(output) and os.listdir(output) and not overwrite:
+  out = epath.Path(output)
+  if out.exists() and not out.is_dir():
+    raise PredictError(f'--output={output} is a file, not a folder.')
+  if out.is_dir() and any(out.iterdir()) and not overwrite:
     raise PredictError(f'--output={output} exists and is not empty; pass '
                        '--overwrite to write into it anyway.')
-  if os.path.exists(output) and not os.path.isdir(output):
-    raise PredictError(f'--output={output} is a file, not a folder.')
 
+
+def _read_bytes(path: epath.Path) -> bytes:
+  try:
+    return path.read_bytes()
+  except OSError as e:
+    raise PredictError(f'Cannot read {path}: {e}') from e
+
+
+def _read_rgb(path: epath.Path) -> np.ndarray:
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  try:
+    with Image.open(io.BytesIO(_read_bytes(path))) as img:
+      return np.asarray(img.convert('RGB'))
+  except OSError as e:
+    raise PredictError(f'Cannot read image {path}: {e}') from e
+
+
+def _save_png(path: epath.Path, save_fn, *args):
+  """save_fn(file, *args) through memory, so gs:// outputs work too."""
+  buffer = io.BytesIO()
+  buffer.name = path.name  # PIL takes the format from the name.
+  save_fn(buffer, *args)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  path.write_bytes(buffer.getvalue())
+
+
+def _relative_stem(path: epath.Path, inputs: str) -> str:
+  root = epath.Path(inputs)
+  relative = path.name if root.is_file() else str(path.relative_to(root))
+  return relative[:-len(path.suffix)] if path.suffix else relative
+
+
+# ---------------------------------------------------------------------------
+# Classification.
+# ---------------------------------------------------------------------------
+
+def classification_input(path: epath.Path, config) -> np.ndarray:
+  """uint8 [image_size, image_size, 3], preprocessed as evaluation does."""
+  from jaxres.data import folder  # pylint: disable=g-import-not-at-top
+  from jaxres.data import imagenet  # pylint: disable=g-import-not-at-top
+  size = config.image_size
+  dataset = config.get('dataset')
+  if dataset in RESIZE_ONLY_DATASETS:
+    def window(h, w):  # The whole image.
+      return (0, 0, w, h)
+  elif dataset == 'folder':
+    window = lambda h, w: folder.eval_window(h, w, size)
+  else:  # TFDS (jaxres.data.imagenet): the centre size / (size + 32).
+    def window(h, w):
+      side = size / (size + imagenet.CROP_PADDING) * min(h, w)
+      top, left = (h - side) / 2, (w - side) / 2
+      return (left, top, left + side, top + side)
+  try:
+    return folder.decode(_read_bytes(path), window, size)
+  except folder.BadImageError as e:
+    raise PredictError(f'Cannot read image {path}: {e}') from e
+
+
+def _top_k(model: inference.InferenceModel, k: int):
+  def fn(variables, images):
+    logits = model.model.apply(variables, images, train=False)
+    return jax.lax.top_k(jax.nn.softmax(logits.astype(jnp.float32)), k)
+  return jax.jit(fn)
+
+
+def classify(model: inference.InferenceModel, config,
+             images: Sequence[epath.Path], top_k: int = 5) -> list[dict]:
+  """[{'image', 'top': [{'rank', 'index', 'class', 'probability'}]}]."""
+  from jaxres import data as data_lib  # pylint: disable=g-import-not-at-top
+  k = max(1, min(top_k, model.num_classes))
+  fn = _top_k(model, k)
+  results = []
+  for start in range(0, len(images), CLASSIFICATION_BATCH):
+    chunk = images[start:start + CLASSIFICATION_BATCH]
+    batch = np.zeros((CLASSIFICATION_BATCH, config.image_size,
+                      config.image_size, 3), np.float32)
+    for i, path in enumerate(chunk):
+      batch[i] = data_lib.normalize(classification_input(path, config))
+    probs, indices = jax.device_get(fn(model.variables, batch))
+    for i, path in enumerate(chunk):
+      results.append({'image': str(path), 'top': [
+          {'rank': r + 1, 'index': int(c), 'class': model.class_names[c],
+           'probability': float(p)}
+          for r, (c, p) in enumerate(zip(indices[i], probs[i]))]})
+  return results
+
+
+def format_table(results: list[dict], inputs: str) -> str:
+  """One line per image: its top classes, most probable first."""
+  names = [_relative_stem(epath.Path(r['image']), inputs) +
+           epath.Path(r['image']).suffix for r in results]
+  cells = [[f'{t["class"]} {t["probability"]:.1%}' for t in r['top']]
+           for r in results]
+  width = max([len('image')] + [len(n) for n in names])
+  cell = max([len('top-1')] + [len(c) for row in cells for c in row])
+  k = len(cells[0]) if cells else 0
+  rows = [['image'] + [f'top-{i + 1}' for i in range(k)]]
+  rows += [[n] + row for n, row in zip(names, cells)]
+  return '\n'.join(
+      '  '.join([f'{row[0]:<{width}}'] + [f'{c:<{cell}}' for c in row[1:]])
+      .rstrip() for row in rows)
+
+
+def _write_classification(results: list[dict], output: epath.Path):
+  csv_path = output / 'predictions.csv'
+  json_path = output / 'predictions.json'
+  text = io.StringIO()
+  writer = csv.writer(text)
+  writer.writerow(['image', 'rank', 'class_index', 'class_name',
+                   'probability'])
+  for r in results:
+    for t in r['top']:
+      writer.writerow([r['image'], t['rank'], t['index'], t['class'],
+                       f'{t["probability"]:.6f}'])
+  csv_path.write_text(text.getvalue())
+  json_path.write_text(json.dumps(results, indent=2))
+  return [str(csv_path), str(json_path)]
+
+
+# ---------------------------------------------------------------------------
+# Segmentation.
+# ---------------------------------------------------------------------------
 
 def _round_up(x: int, multiple: int) -> int:
   return -(-x // multiple) * multiple
 
 
-def _forward(state, image, label_hw, *, out_shape):
-  """Class map [out_shape] of one preprocessed image; the image's own
-  (label_hw) part is its prediction at its original size."""
-  logits = state.apply_fn(
-      {'params': state.params, 'batch_stats': state.batch_stats},
-      image, train=False)
-  logits = train_seg.resize_to_labels(logits, label_hw, out_shape)
-  return jnp.argmax(logits, axis=-1).astype(jnp.uint8)
+def _hw(size):
+  return (int(size), int(size)) if np.ndim(size) == 0 else tuple(
+      int(v) for v in size)
 
 
-def predict(config, *, inputs: str, output: str, workdir: Optional[str] = None,
-            checkpoint: Optional[str] = None, overwrite: bool = False,
+def _segment_fns(model: inference.InferenceModel):
+  """(forward, to_mask): jitted apart, so the network compiles once per input
+  shape, not once per output size."""
+  def forward(variables, image):
+    return model.model.apply(variables, image, train=False).astype(jnp.float32)
+
+  def to_mask(logits, hw, *, out_shape):
+    """Class map [*out_shape]; the image's own (h, w) part is top-left."""
+    logits = logits[0]
+    # Half-pixel bilinear resize of the logits to the image's own size.
+    scale = hw.astype(jnp.float32) / jnp.asarray(logits.shape[:2], jnp.float32)
+    logits = jax.image.scale_and_translate(
+        logits, (*out_shape, logits.shape[-1]), (0, 1), scale,
+        jnp.zeros((2,), jnp.float32), method='linear', antialias=False)
+    return jnp.argmax(logits, axis=-1).astype(jnp.uint8)
+
+  return jax.jit(forward), jax.jit(to_mask, static_argnames='out_shape')
+
+
+def segment(model: inference.InferenceModel, config,
+            images: Sequence[epath.Path], inputs: str, output: epath.Path,
             alpha: float = 0.5) -> list[str]:
-  """Writes mask and overlay PNGs for every image; returns the written paths."""
-  from PIL import Image  # pylint: disable=g-import-not-at-top
+  """Writes a mask and an overlay PNG per image; returns their paths."""
+  from jaxres import visualize  # pylint: disable=g-import-not-at-top
   from jaxres.data import segmentation as seg_data  # pylint: disable=g-import-not-at-top
-  config_checks.check_config(config)
-  checkpoints_dir, step, run_dir = _checkpoint_location(workdir, checkpoint)
-  images = find_images(inputs)
-  check_output_dir(output, overwrite)
-  num_classes = _num_classes(config, run_dir)
-  dp = DataParallel.create(1, devices=jax.devices()[:1])
-  _, state = restore_for_inference(config, checkpoints_dir, step, num_classes,
-                                   dp)
-  os.makedirs(output, exist_ok=True)
-
   eval_size = config.get('eval_size')
-  eval_size = None if eval_size is None else train_seg._hw(eval_size)  # pylint: disable=protected-access
+  eval_size = None if eval_size is None else _hw(eval_size)
   multiple = config.get('eval_pad_multiple', 32)
-  forward = jax.jit(_forward, static_argnames='out_shape')
-  root = inputs if os.path.isdir(inputs) else os.path.dirname(inputs)
+  forward, to_mask = _segment_fns(model)
   written = []
   for path in images:
-    try:
-      with Image.open(path) as img:
-        rgb = np.asarray(img.convert('RGB'))
-    except OSError as e:
-      raise PredictError(f'Cannot read image {path}: {e}') from e
+    rgb = _read_rgb(path)
     h, w = rgb.shape[:2]
-    # Padded sizes bound the number of compilations for folders of mixed sizes.
+    # Padded sizes bound the number of compilations for mixed sizes.
     out_shape = (_round_up(h, multiple), _round_up(w, multiple))
-    in_shape = eval_size or out_shape
-    x = np.zeros((1, *in_shape, 3), np.float32)
-    dummy = np.zeros((1, *out_shape), np.int32)
+    x = np.zeros((1, *(eval_size or out_shape), 3), np.float32)
     seg_data.eval_transform(rgb, np.zeros((h, w), np.uint8), eval_size, x[0],
-                            dummy[0])
+                            np.zeros(out_shape, np.int32))
     # Resized input: scale the logits to (h, w). Full resolution: the image
     # already sits top-left in the padded input, so the scale is 1.
     hw = (h, w) if eval_size else out_shape
-    mask = np.asarray(forward(state, x, np.asarray([hw], np.int32),
-                              out_shape=out_shape))[0, :h, :w]
-    stem = os.path.splitext(os.path.relpath(path, root))[0]
-    mask_path = os.path.join(output, stem + '_mask.png')
-    overlay_path = os.path.join(output, stem + '_overlay.png')
-    os.makedirs(os.path.dirname(mask_path), exist_ok=True)
-    visualize.save_mask_png(mask_path, mask)
-    visualize.save_rgb_png(overlay_path, visualize.overlay(rgb, mask, alpha))
-    written += [mask_path, overlay_path]
+    mask = np.asarray(to_mask(forward(model.variables, x),
+                              np.asarray(hw, np.int32),
+                              out_shape=out_shape))[:h, :w]
+    stem = _relative_stem(path, inputs)
+    mask_path = output / f'{stem}_mask.png'
+    overlay_path = output / f'{stem}_overlay.png'
+    _save_png(mask_path, visualize.save_mask_png, mask)
+    _save_png(overlay_path, visualize.save_rgb_png,
+              visualize.overlay(rgb, mask, alpha))
+    written += [str(mask_path), str(overlay_path)]
     logging.info('%s -> %s, %s (classes present: %s)', path, mask_path,
-                 overlay_path, np.unique(mask).tolist())
+                 overlay_path, [model.class_names[c] for c in np.unique(mask)])
   return written
+
+
+# ---------------------------------------------------------------------------
+# Both tasks.
+# ---------------------------------------------------------------------------
+
+def predict(config, *, inputs: str, output: str, workdir: Optional[str] = None,
+            checkpoint: Optional[str] = None, step: Optional[int] = None,
+            overwrite: bool = False, alpha: float = 0.5, top_k: int = 5,
+            show: bool = True) -> list[str]:
+  """Predicts every image under `inputs`; returns the paths written.
+
+  Everything the user gave is checked before the checkpoint is read.
+  Classification results are also printed as a table when `show` is set.
+  """
+  config_checks.check_config(config)
+  inference.checkpoint_location(workdir, checkpoint, step)
+  images = find_images(inputs)
+  check_output_dir(output, overwrite)
+  if top_k < 1:
+    raise PredictError(f'--top_k={top_k} must be at least 1.')
+  model = inference.load_for_inference(config, workdir=workdir,
+                                       checkpoint=checkpoint, step=step)
+  out = epath.Path(output)
+  out.mkdir(parents=True, exist_ok=True)
+  if model.task == 'segmentation':
+    return segment(model, config, images, inputs, out, alpha)
+  results = classify(model, config, images, top_k)
+  if show:
+    print(format_table(results, inputs))
+  return _write_classification(results, out)
 
 
 FLAGS = flags.FLAGS
 
 
 def _define_flags():
-  flags.DEFINE_string('workdir', None, 'Training run: use its latest checkpoint.')
-  flags.DEFINE_string('checkpoint', None, 'A step directory, RUN/checkpoints/STEP.')
+  flags.DEFINE_string('workdir', None,
+                      'Training run: use its latest checkpoint.')
+  flags.DEFINE_string('checkpoint', None,
+                      'A step directory, RUN/checkpoints/STEP.')
+  flags.DEFINE_integer('step', None, 'With --workdir: the checkpoint step '
+                       '(default latest).')
   flags.DEFINE_string('input', None, 'An image file or a folder of images.')
-  flags.DEFINE_string('output', None, 'Folder for the mask and overlay PNGs.')
-  flags.DEFINE_bool('overwrite', False, 'Allow writing into a non-empty --output.')
-  flags.DEFINE_float('alpha', 0.5, 'Opacity of the colours in the overlays.')
-  config_flags.DEFINE_config_file('config', None, 'The training config file.',
-                                  lock_config=True)
+  flags.DEFINE_string('output', None, 'Folder for the predictions.')
+  flags.DEFINE_bool('overwrite', False,
+                    'Allow writing into a non-empty --output.')
+  flags.DEFINE_integer('top_k', 5, 'Classification: classes listed per image.')
+  flags.DEFINE_float('alpha', 0.5, 'Segmentation: opacity of the colours in '
+                     'the overlays.')
+  main_lib.define_common_flags('The config file the run was trained with.')
   flags.mark_flags_as_required(['config', 'input', 'output'])
 
 
 def main(argv: Sequence[str]):
   if len(argv) > 1:
-    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+    main_lib.fail(f'unexpected arguments {argv[1:]}; flags are written '
+                  '--name=value.')
+  main_lib.quiet_libraries(FLAGS.verbose)
   try:
     written = predict(FLAGS.config, inputs=FLAGS.input, output=FLAGS.output,
                       workdir=FLAGS.workdir, checkpoint=FLAGS.checkpoint,
-                      overwrite=FLAGS.overwrite, alpha=FLAGS.alpha)
+                      step=FLAGS.step, overwrite=FLAGS.overwrite,
+                      alpha=FLAGS.alpha, top_k=FLAGS.top_k)
   except (PredictError, ckpt_lib.CheckpointError,
           config_checks.ConfigError) as e:
-    logging.error('%s', e)
-    print(f'error: {e}', file=sys.stderr)
-    sys.exit(2)
+    main_lib.fail(str(e))
   print(f'Wrote {len(written)} files to {FLAGS.output}.')
 
 
-if __name__ == '__main__':
+def run():
+  """`jaxres-predict` and `python -m jaxres.predict`."""
   _define_flags()
-  app.run(main)
+  app.run(main, flags_parser=main_lib.parse_flags)
+
+
+if __name__ == '__main__':
+  run()

@@ -1,46 +1,27 @@
-"""Dispatch a config to its trainer, with the checks that protect a workdir.
+"""Runs a config in a workdir and turns user mistakes into clear exits.
 
-Errors caused by the user's input (config, data, checkpoint) are turned into a
-one-paragraph message and a non-zero exit code; nothing in the workdir is
-changed before those checks have passed.
+Errors caused by the user's input (config, data, checkpoint, weights file) are
+one short message on stderr and exit code 2; nothing in the workdir is changed
+before the checks have passed (the trainer writes its records only when it is
+about to take its first step). Exit codes:
+
+  0  done, or stopped by SIGTERM after saving (preemption)
+  2  bad input: config, data, checkpoint, workdir, weights file
+  3  the loss or the gradient became NaN or inf
+  4  a checkpoint could not be written (disk full, permissions, I/O)
+  130  stopped by Ctrl-C after saving
 """
-import json
 import logging
 import os
 import sys
 
-from etils import epath
-
 from jaxres import checkpoint as ckpt_lib
 from jaxres import config_checks
-
-EXPERIMENT_FILE = 'experiment.json'
-
-
-class WorkdirError(RuntimeError):
-  """The workdir holds a different experiment."""
-
-
-def check_workdir(config, workdir: str, write: bool):
-  """Refuses a workdir written by another experiment; records ours."""
-  # epath: the workdir may be a bucket (gs://...) as well as a local folder.
-  path = epath.Path(workdir) / EXPERIMENT_FILE
-  meta = ckpt_lib.experiment_meta(config)
-  if path.exists():
-    saved = json.loads(path.read_text())
-    problems = ckpt_lib.meta_mismatches(saved, meta)
-    if problems:
-      raise WorkdirError(
-          f'{workdir} belongs to a different experiment:\n  ' +
-          '\n  '.join(problems) + '\nUse another --workdir (nothing in this '
-          'one was changed).')
-  elif write:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(meta, indent=2))
+from jaxres import workdir as workdir_lib
 
 
 def enable_compilation_cache(config):
-  cache_dir = config.get('compilation_cache_dir', None)
+  cache_dir = config.compilation_cache_dir
   if cache_dir is None:
     cache_dir = os.path.join(os.path.expanduser('~'), '.cache', 'jaxres', 'xla')
   if not cache_dir:
@@ -50,50 +31,38 @@ def enable_compilation_cache(config):
   jax.config.update('jax_persistent_cache_min_compile_time_secs', 1.0)
 
 
-def _user_errors():
-  errors = [config_checks.ConfigError, ckpt_lib.CheckpointError, WorkdirError]
-  try:
-    from jaxres.data import DatasetNotFoundError  # pylint: disable=g-import-not-at-top
-    errors.append(DatasetNotFoundError)
-  except ImportError:
-    pass
-  try:
-    from jaxres.convert import ConvertError  # pylint: disable=g-import-not-at-top
-    errors.append(ConvertError)
-  except ImportError:
-    pass
-  try:
-    from jaxres.data.segmentation import LabelError  # pylint: disable=g-import-not-at-top
-    errors.append(LabelError)
-  except ImportError:
-    pass
-  return tuple(errors)
+def user_errors() -> tuple:
+  """Exception types that mean bad input (exit 2, no traceback)."""
+  from jaxres.convert import ConvertError  # pylint: disable=g-import-not-at-top
+  from jaxres.data import errors  # pylint: disable=g-import-not-at-top
+  return (config_checks.ConfigError, ckpt_lib.CheckpointError,
+          workdir_lib.WorkdirError, ConvertError, errors.DatasetNotFoundError,
+          errors.LabelError)
 
 
 def run(config, workdir: str, mode: str = 'train', step=None):
   """Runs `mode` ('train' or 'eval') for `config`; exits non-zero on bad input."""
-  from jaxres import train  # pylint: disable=g-import-not-at-top
+  from jaxres import progress  # pylint: disable=g-import-not-at-top
+  from jaxres import trainer  # pylint: disable=g-import-not-at-top
   try:
     config_checks.check_config(config)
-    import jax  # pylint: disable=g-import-not-at-top
-    check_workdir(config, workdir,
-                  write=(mode == 'train' and jax.process_index() == 0))
+    workdir_lib.check_workdir(config, workdir)
     enable_compilation_cache(config)
-    if config.task == 'classification':
-      trainer = train.train_and_evaluate
-    elif config.task == 'segmentation':
-      from jaxres import train_seg  # pylint: disable=g-import-not-at-top
-      trainer = train_seg.train_and_evaluate
-    else:
-      raise config_checks.ConfigError(
-          f'config.task={config.task!r}; choose classification or segmentation.')
-    return trainer(config, workdir, eval_only=(mode == 'eval'),
-                   checkpoint_step=step)
-  except _user_errors() as e:
-    logging.error('%s', e)
+    return trainer.train_and_evaluate(config, workdir,
+                                      eval_only=(mode == 'eval'),
+                                      checkpoint_step=step)
+  except user_errors() as e:
     print(f'error: {e}', file=sys.stderr)
     sys.exit(2)
-  except train.NonFiniteError as e:
-    logging.error('%s', e)
+  except progress.NonFiniteError as e:
     print(f'error: {e}', file=sys.stderr)
     sys.exit(3)
+  except ckpt_lib.SaveError as e:
+    print(f'error: {e}', file=sys.stderr)
+    sys.exit(4)
+  except progress.Interrupted as e:
+    sys.exit(e.exit_code)
+  except KeyboardInterrupt:
+    # Ctrl-C before training started (nothing to save) or during a save.
+    logging.warning('Interrupted before a checkpoint could be written.')
+    sys.exit(130)

@@ -115,19 +115,19 @@ def make_loss_fn(config, ignore_label: int = IGNORE_LABEL):
   config.class_weights (None or one weight per class), config.focal_gamma,
   config.focal_alpha and config.dice_smooth.
   """
-  names = parse_losses(config.get('losses', 'ce'))
-  weights = dict(config.get('loss_weights') or {})
-  class_weights = config.get('class_weights')
+  names = parse_losses(config.losses)
+  weights = dict(config.loss_weights)
+  class_weights = config.class_weights
   class_weights = None if class_weights is None else tuple(class_weights)
   fns = {
       'ce': lambda lo, la: cross_entropy(
           lo, la, ignore_label=ignore_label, class_weights=class_weights),
       'focal': lambda lo, la: focal(
-          lo, la, gamma=config.get('focal_gamma', 2.0),
-          alpha=config.get('focal_alpha'), ignore_label=ignore_label,
+          lo, la, gamma=config.focal_gamma,
+          alpha=config.focal_alpha, ignore_label=ignore_label,
           class_weights=class_weights),
       'dice': lambda lo, la: dice(
-          lo, la, smooth=config.get('dice_smooth', 1.0),
+          lo, la, smooth=config.dice_smooth,
           ignore_label=ignore_label, class_weights=class_weights),
   }
 

@@ -23,6 +23,7 @@ torch = pytest.importorskip('torch')
 
 import torch_reference as R  # pylint: disable=g-import-not-at-top,wrong-import-position
 from jaxres import convert  # pylint: disable=g-import-not-at-top,wrong-import-position
+from jaxres import weights  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 SMALL = 64
 LOGIT_TOL = 1e-4
@@ -296,7 +297,7 @@ def _init(model_name, seed=0, **kwargs):
 
 def _leaves(tree):
   return {'/'.join(p): np.asarray(v)
-          for p, v in convert._flatten(tree).items()}  # pylint: disable=protected-access
+          for p, v in weights.flatten(tree).items()}
 
 
 def test_backbone_only_from_torchvision_classifier(tmp_path):
@@ -355,10 +356,10 @@ def test_load_from_training_checkpoint(tmp_path):
   """init_from may name a trainer's workdir (Orbax CheckpointManager)."""
   optax = pytest.importorskip('optax')
   from jaxres import checkpoint as ckpt_lib  # pylint: disable=g-import-not-at-top
-  from jaxres import train  # pylint: disable=g-import-not-at-top
+  from jaxres import train_state  # pylint: disable=g-import-not-at-top
   saved = _init('resnet18', seed=1, num_classes=10)
-  state = train.TrainState.create(
-      apply_fn=None, params=saved['params'], tx=optax.sgd(0.1),
+  state = train_state.TrainState.create(
+      apply_fn=None, params=saved['params'], tx=optax.sgd(0.1, momentum=0.9),
       batch_stats=saved['batch_stats'])
   manager = ckpt_lib.make_manager(str(tmp_path / 'checkpoints'), max_to_keep=1,
                                   async_save=False)
@@ -371,9 +372,31 @@ def test_load_from_training_checkpoint(tmp_path):
   for name, value in _leaves(merged).items():
     want = _leaves(target if '/fc/' in name else saved)[name]
     np.testing.assert_array_equal(value, want, err_msg=name)
+  # The same through the manager's directory and through one step of it.
+  for path in (tmp_path / 'checkpoints', tmp_path / 'checkpoints' / '7'):
+    again = convert.load_pretrained(str(path), target, 'resnet18',
+                                    backbone_only=True, log=logs.append)
+    for name, value in _leaves(again).items():
+      np.testing.assert_array_equal(value, _leaves(merged)[name], err_msg=name)
   with pytest.raises(convert.ConvertError,
                      match=r'params/fc/bias: checkpoint \(10,\), model \(3,\)'):
     convert.load_pretrained(str(tmp_path), target, 'resnet18', log=logs.append)
+
+
+def test_not_a_checkpoint_refused(tmp_path):
+  (tmp_path / 'notes.txt').write_text('not weights')
+  with pytest.raises(convert.ConvertError, match='neither a converted'):
+    convert.load_pretrained(str(tmp_path), {'params': {}}, 'resnet18',
+                            log=lambda s: None)
+
+
+def test_every_model_names_its_torch_weights():
+  """Each registered model's backbone has a PyTorch layout in its model file."""
+  from jaxres import models  # pylint: disable=g-import-not-at-top
+  for name in sorted(models.MODELS):
+    params = convert.model_variables_shape(name, num_classes=3)[1]['params']
+    backbone = weights.backbone_module(params.get('backbone', params))
+    assert weights.layouts(backbone), name
 
 
 def test_safetensors(tmp_path):

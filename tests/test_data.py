@@ -3,10 +3,10 @@ import os
 import subprocess
 import sys
 
-import ml_collections
 import numpy as np
 import pytest
 
+from configs import common
 import jaxres.data as data_lib
 from jaxres.data import arrays
 from jaxres.data import shapes
@@ -16,7 +16,8 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _config(**overrides):
-  config = ml_collections.ConfigDict(dict(
+  config = common.classification_config()
+  config.update(dict(
       dataset='shapes', data_dir=None, image_size=16, batch_size=16,
       eval_batch_size=16, shuffle_buffer=64, num_classes=None,
       shapes_train_size=64, shapes_eval_size=30))
@@ -107,8 +108,8 @@ def test_arrays_process_slices_concatenate_to_global_batch(small_set):
   aug = arrays.random_crop_flip(2)
   one = _take(arrays.train_iterator(images, labels, 8, seed=1, start_step=3,
                                     augment_fn=aug), 4)
-  two = [
-      _take(arrays.train_iterator(images, labels, 4, seed=1, start_step=3,
+  two = [  # batch_size is the global batch: 4 rows per process.
+      _take(arrays.train_iterator(images, labels, 8, seed=1, start_step=3,
                                   process_index=p, process_count=2,
                                   augment_fn=aug), 4) for p in range(2)
   ]
@@ -124,7 +125,9 @@ def test_arrays_eval_visits_every_example_once(small_set, process_count):
   seen = []
   num_batches = set()
   for p in range(process_count):
-    batches = list(arrays.eval_iterator(images, labels, 8, p, process_count))
+    # Global batch 8 * process_count: 8 rows per process.
+    batches = list(arrays.eval_iterator(images, labels, 8 * process_count, p,
+                                        process_count))
     num_batches.add(len(batches))
     for b in batches:
       assert b['image'].shape == (8, 8, 8, 3) and b['mask'].shape == (8,)
@@ -152,10 +155,11 @@ def test_arrays_segmentation_labels_follow_augmentation():
 def test_shapes_entry_point():
   config = _config()
   ds = data_lib.get_classification_datasets(
-      config, seed=0, start_step=0, process_index=0, process_count=2)
+      config, seed=0, process_index=0, process_count=2)
   assert (ds.num_train_examples, ds.num_eval_examples) == (64, 30)
   assert ds.num_classes == 10 and tuple(ds.image_shape) == (16, 16, 3)
-  batch = next(ds.train_iter)
+  assert ds.class_names == shapes.CLASS_NAMES
+  batch = next(ds.train_iter_fn(0))
   assert batch['image'].shape == (8, 16, 16, 3)  # Global 16 over 2 processes.
   assert np.abs(batch['image'].mean()) < 3
   eval_batches = list(ds.eval_iter_fn())
@@ -163,11 +167,28 @@ def test_shapes_entry_point():
   assert len(list(ds.eval_iter_fn())) == len(eval_batches) == 2
   with pytest.raises(ValueError, match='num_classes'):
     data_lib.get_classification_datasets(
-        _config(num_classes=1000), seed=0, start_step=0, process_index=0,
+        _config(num_classes=1000), seed=0, process_index=0,
         process_count=1)
   with pytest.raises(ValueError, match='divisible'):
     data_lib.get_classification_datasets(
-        config, seed=0, start_step=0, process_index=0, process_count=3)
+        config, seed=0, process_index=0, process_count=3)
+
+
+def test_shapes_resume_and_process_slices_of_the_entry_point():
+  config = _config()
+  whole = data_lib.get_classification_datasets(
+      config, seed=2, process_index=0, process_count=1)
+  fresh = _take(whole.train_iter_fn(0), 6)
+  resumed = _take(whole.train_iter_fn(3), 3)  # The same dataset, built once.
+  parts = [_take(data_lib.get_classification_datasets(
+      config, seed=2, process_index=p, process_count=2).train_iter_fn(3), 3)
+           for p in range(2)]
+  for step in range(3):
+    for key in ('image', 'label'):
+      np.testing.assert_array_equal(resumed[step][key], fresh[3 + step][key])
+      np.testing.assert_array_equal(
+          np.concatenate([parts[0][step][key], parts[1][step][key]]),
+          fresh[3 + step][key])
 
 
 # ----------------------------------------------------------------------------
@@ -186,6 +207,14 @@ def test_synthetic_iterator():
                                           num_batches=3, with_mask=True))
   assert len(seg) == 3 and seg[0]['label'].shape == (2, 6, 10)
   assert seg[0]['mask'].tolist() == [1.0, 1.0]
+  # batch_size is global: the processes' rows make the one-process batch.
+  whole = next(synthetic.synthetic_iterator(4, 8, 10, seed=0))
+  parts = [next(synthetic.synthetic_iterator(4, 8, 10, seed=0,
+                                             process_index=p, process_count=2))
+           for p in range(2)]
+  for key in ('image', 'label'):
+    np.testing.assert_array_equal(
+        np.concatenate([parts[0][key], parts[1][key]]), whole[key])
 
 
 def test_synthetic_and_shapes_need_no_tensorflow():
@@ -193,14 +222,16 @@ def test_synthetic_and_shapes_need_no_tensorflow():
       'import sys',
       "sys.modules['tensorflow'] = None",
       "sys.modules['tensorflow_datasets'] = None",
-      'import ml_collections',
+      'from configs import common',
       'from jaxres import data',
       'from jaxres.data import synthetic, arrays, shapes',
-      'config = ml_collections.ConfigDict(dict(dataset="synthetic",',
+      'config = common.classification_config()',
+      'config.update(dict(dataset="synthetic",',
       '    image_size=8, batch_size=4, eval_batch_size=4, num_classes=3))',
-      'ds = data.get_classification_datasets(config, seed=0, start_step=0,',
+      'ds = data.get_classification_datasets(config, seed=0,',
       '    process_index=0, process_count=1)',
-      'assert next(ds.train_iter)["image"].shape == (4, 8, 8, 3)',
+      'assert next(ds.train_iter_fn(0))["image"].shape == (4, 8, 8, 3)',
+      "assert ds.class_names == ('0', '1', '2')",
       'assert len(list(ds.eval_iter_fn())) == synthetic.EVAL_BATCHES',
       "assert 'tensorflow' not in [m.split('.')[0] for m, v in",
       '    sys.modules.items() if v is not None]',
@@ -221,7 +252,7 @@ def test_imagenet_missing_raises_clear_error(tmp_path):
                    image_size=224)
   with pytest.raises(data_lib.DatasetNotFoundError) as info:
     data_lib.get_classification_datasets(
-        config, seed=0, start_step=0, process_index=0, process_count=1)
+        config, seed=0, process_index=0, process_count=1)
   message = str(info.value)
   assert 'manual' in message
   assert os.path.join(str(tmp_path), 'downloads', 'manual') in message
@@ -229,7 +260,7 @@ def test_imagenet_missing_raises_clear_error(tmp_path):
   assert not any(tmp_path.iterdir())  # Nothing was downloaded or created.
   with pytest.raises(ValueError, match='synthetic'):
     data_lib.get_classification_datasets(
-        _config(dataset='no_such_dataset_xyz'), seed=0, start_step=0,
+        _config(dataset='no_such_dataset_xyz'), seed=0,
         process_index=0, process_count=1)
 
 
@@ -240,9 +271,10 @@ def test_imagenet_on_mock_data(tmp_path):
                    num_classes=1000)
   with tfds.testing.mock_data(num_examples=10):
     ds = data_lib.get_classification_datasets(
-        config, seed=0, start_step=0, process_index=0, process_count=1)
+        config, seed=0, process_index=0, process_count=1)
     assert ds.num_classes == 1000 and tuple(ds.image_shape) == (224, 224, 3)
-    batch = next(ds.train_iter)
+    assert len(ds.class_names) == 1000
+    batch = next(ds.train_iter_fn(0))
     assert batch['image'].shape == (4, 224, 224, 3)
     assert batch['image'].dtype == np.float32
     assert np.all(np.isfinite(batch['image']))
@@ -257,8 +289,9 @@ def test_imagenet_on_mock_data(tmp_path):
     cifar = data_lib.get_classification_datasets(
         _config(dataset='cifar10', image_size=24, num_classes=10,
                 batch_size=4, input_dtype='bfloat16'),
-        seed=0, start_step=0, process_index=0, process_count=1)
-    batch = next(cifar.train_iter)
+        seed=0, process_index=0, process_count=1)
+    assert len(cifar.class_names) == 10
+    batch = next(cifar.train_iter_fn(0))
     assert batch['image'].shape == (4, 24, 24, 3)
     assert batch['image'].dtype.name == 'bfloat16'
 
@@ -301,6 +334,7 @@ def tiny_tfds(tmp_path_factory):
 def test_tfds_resume_and_sharding(tiny_tfds):
   from jaxres.data import imagenet  # pylint: disable=g-import-not-at-top
   builder = imagenet.get_builder('jaxres_tiny_images', tiny_tfds)
+  assert imagenet.class_names(builder) == ('0', '1', '2', '3', '4')
   kwargs = dict(seed=3, image_size=16, shuffle_buffer=16)
   fresh = _take(imagenet.train_iterator(builder, 4, **kwargs), 12)
   # 37 // 4 = 9 steps per epoch: steps 7..11 cross into epoch 1.
@@ -313,9 +347,9 @@ def test_tfds_resume_and_sharding(tiny_tfds):
   for process_count in (1, 2, 3):
     total, lengths = 0.0, set()
     for p in range(process_count):
-      batches = list(imagenet.eval_iterator(
-          builder, 2, process_index=p, process_count=process_count,
-          image_size=16))
+      batches = list(imagenet.eval_iterator(  # Global batch: 2 per process.
+          builder, 2 * process_count, process_index=p,
+          process_count=process_count, image_size=16))
       lengths.add(len(batches))
       total += sum(float(b['mask'].sum()) for b in batches)
     assert total == 11 and len(lengths) == 1

@@ -37,7 +37,10 @@ def test_sigkill_then_resume_is_bitwise_exact(tmp_path, reference_run):
   helpers.assert_trees_equal(helpers.load_state(workdir, 8), reference_run)
 
 
-def test_sigterm_saves_and_exits_cleanly(tmp_path, reference_run):
+@pytest.mark.parametrize('signum, code, message', [
+    (signal.SIGTERM, 0, 'Preempted'), (signal.SIGINT, 130, 'Interrupted')])
+def test_signal_saves_and_exits_cleanly(tmp_path, reference_run, signum, code,
+                                        message):
   workdir = str(tmp_path)
   proc = subprocess.Popen(
       helpers.main_cmd(workdir, '--config.checkpoint_every_steps=100'),
@@ -50,10 +53,11 @@ def test_sigterm_saves_and_exits_cleanly(tmp_path, reference_run):
     assert line or proc.poll() is None, seen[-3000:]
     seen += line
     assert time.time() < deadline
-  proc.send_signal(signal.SIGTERM)
+  proc.send_signal(signum)
   rest = proc.communicate(timeout=120)[1]
-  assert proc.returncode == 0, rest[-3000:]
-  assert 'Preempted' in rest
+  assert proc.returncode == code, rest[-3000:]
+  assert message in rest and 'Run the same command to resume' in rest
+  assert 'Traceback' not in rest
   saved = sorted(int(s) for s in os.listdir(os.path.join(workdir, 'checkpoints'))
                  if s.isdigit())
   assert saved and 2 <= saved[-1] < 8

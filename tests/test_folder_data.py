@@ -2,14 +2,15 @@
 import logging
 import os
 
-import ml_collections
 import numpy as np
 from PIL import Image
 import pytest
 
+from configs import common
+
 import jaxres.data as data_lib
+from jaxres.data import errors
 from jaxres.data import folder
-from jaxres.data import segmentation
 
 CLASSES = ('cat', 'dog', 'emu')  # Drawn red, green and blue respectively.
 IMAGE_SIZE = 16
@@ -33,18 +34,23 @@ def _make_folder(root, sizes=(('train', 4), ('val', 2)), seed=0):
 
 
 def _config(root, **overrides):
-  config = ml_collections.ConfigDict(dict(
-      dataset='folder', data_dir=root, image_size=IMAGE_SIZE, batch_size=6,
-      eval_batch_size=4, num_classes=None, data_workers=2,
-      on_bad_image='stop', prefetch_batches=1))
-  config.update(overrides)
+  config = common.classification_config()
+  config.update(dict(dataset='folder', data_dir=root, image_size=IMAGE_SIZE,
+                     batch_size=6, eval_batch_size=4, num_classes=None,
+                     data_workers=2, on_bad_image='stop', prefetch_batches=1))
+  for key, value in overrides.items():
+    config[key] = value
   return config
 
 
-def _datasets(config, start_step=0, process_index=0, process_count=1):
+def _datasets(config, process_index=0, process_count=1):
   return data_lib.get_classification_datasets(
-      config, seed=3, start_step=start_step, process_index=process_index,
+      config, seed=3, process_index=process_index,
       process_count=process_count)
+
+
+def _train(config, start_step=0, **kwargs):
+  return _datasets(config, **kwargs).train_iter_fn(start_step)
 
 
 def _take(iterator, n):
@@ -72,13 +78,17 @@ def test_batches_shapes_dtypes_and_labels(tmp_path):
   root = _make_folder(tmp_path)
   # Hidden entries are not data (a notebook checkpoint, macOS AppleDouble).
   os.makedirs(os.path.join(root, 'train', '.ipynb_checkpoints'))
+  hidden = os.path.join(root, 'train', 'dog', '.ipynb_checkpoints')
+  os.makedirs(hidden)
+  Image.new('RGB', (8, 8)).save(os.path.join(hidden, '000.jpg'))
   with open(os.path.join(root, 'train', 'cat', '._000.jpg'), 'wb') as f:
     f.write(b'\x00\x05\x16\x07')
   data = _datasets(_config(root))
   assert (data.num_classes, data.num_train_examples,
           data.num_eval_examples) == (3, 12, 6)
   assert data.image_shape == (IMAGE_SIZE, IMAGE_SIZE, 3)
-  epoch = _take(data.train_iter, 2)  # 12 images / 6 = one epoch.
+  assert data.class_names == CLASSES
+  epoch = _take(data.train_iter_fn(0), 2)  # 12 images / 6 = one epoch.
   for batch in epoch:
     assert batch['image'].shape == (6, IMAGE_SIZE, IMAGE_SIZE, 3)
     assert batch['image'].dtype == np.float32
@@ -97,13 +107,18 @@ def test_batches_shapes_dtypes_and_labels(tmp_path):
   np.testing.assert_array_equal(labels, [0, 0, 1, 1, 2, 2])
 
   bf16 = _datasets(_config(root, input_dtype='bfloat16'))
-  assert next(bf16.train_iter)['image'].dtype.name == 'bfloat16'
+  assert next(bf16.train_iter_fn(0))['image'].dtype.name == 'bfloat16'
 
 
 def test_start_step_resumes_exactly(root):
   config = _config(root)
-  fresh = _take(_datasets(config).train_iter, 5)
-  resumed = _take(_datasets(config, start_step=3).train_iter, 2)
+  data = _datasets(config)
+  fresh = _take(data.train_iter_fn(0), 5)
+  resumed = _take(data.train_iter_fn(3), 2)  # Built once, started at 3.
+  for a, b in zip(fresh[3:], resumed):
+    np.testing.assert_array_equal(a['image'], b['image'])
+    np.testing.assert_array_equal(a['label'], b['label'])
+  resumed = _take(_train(config, start_step=3), 2)  # A fresh dataset too.
   for a, b in zip(fresh[3:], resumed):
     np.testing.assert_array_equal(a['image'], b['image'])
     np.testing.assert_array_equal(a['label'], b['label'])
@@ -113,9 +128,9 @@ def test_start_step_resumes_exactly(root):
 
 def test_two_processes_split_the_global_batch(root):
   config = _config(root)
-  whole = _take(_datasets(config).train_iter, 3)
-  parts = [_take(_datasets(config, process_index=p, process_count=2)
-                 .train_iter, 3) for p in range(2)]
+  whole = _take(_train(config), 3)
+  parts = [_take(_train(config, process_index=p, process_count=2), 3)
+           for p in range(2)]
   for step in range(3):
     for key in ('image', 'label'):
       np.testing.assert_array_equal(
@@ -164,6 +179,10 @@ def test_eval_crop_is_resize_shorter_side_then_centre_crop(tmp_path):
     left = int(round((resized.shape[1] - 16) / 2))
     want = resized[top:top + 16, left:left + 16].astype(int)
     got = folder.load_eval(path, 16).astype(int)
+    with open(path, 'rb') as f:  # Encoded bytes decode the same.
+      np.testing.assert_array_equal(
+          folder.decode(f.read(), lambda h, w: folder.eval_window(h, w, 16),
+                        16), got)
     # One resize of the window, not two steps: fixed-point rounding only.
     assert np.abs(got - want).max() <= 2
     assert np.abs(got - want).mean() < 0.1
@@ -228,7 +247,7 @@ def test_corrupt_images_skipped_and_counted(tmp_path, caplog):
   _corrupt(root)
   data = _datasets(_config(root, on_bad_image='skip'))
   caplog.set_level(logging.WARNING)
-  for batch in _take(data.train_iter, 4):  # Two epochs.
+  for batch in _take(data.train_iter_fn(0), 4):  # Two epochs.
     assert batch['image'].shape[0] == 6
     np.testing.assert_array_equal(_dominant_channel(batch['image']),
                                   batch['label'])
@@ -243,10 +262,10 @@ def test_corrupt_images_stop(tmp_path):
   root = _make_folder(tmp_path)
   _corrupt(root)
   data = _datasets(_config(root, on_bad_image='stop'))
-  with pytest.raises(segmentation.BadImageError,
+  with pytest.raises(errors.BadImageError,
                      match=r'(?s)dog.000\.jpg.*on_bad_image="skip"'):
-    _take(data.train_iter, 2)
-  with pytest.raises(segmentation.BadImageError, match=r'emu.000\.jpg'):
+    _take(data.train_iter_fn(0), 2)
+  with pytest.raises(errors.BadImageError, match=r'emu.000\.jpg'):
     list(data.eval_iter_fn())
 
 
@@ -284,7 +303,30 @@ def test_empty_class_folder_is_noted_and_keeps_its_index(tmp_path, caplog):
   assert data.num_classes == 4
   assert '1 of 4 class folders hold no images' in caplog.text
   assert 'bee' in caplog.text
-  labels = np.concatenate([b['label'] for b in _take(data.train_iter, 2)])
+  labels = np.concatenate([b['label'] for b in _take(data.train_iter_fn(0),
+                                                      2)])
   np.testing.assert_array_equal(np.sort(labels), [1, 1, 2, 2, 3, 3])
   with pytest.raises(ValueError, match='config.num_classes=5'):
     _datasets(_config(root, batch_size=3, num_classes=5))
+
+
+def test_symlinked_folders_are_followed_once(tmp_path):
+  root = _make_folder(tmp_path / 'data', sizes=(('train', 6), ('val', 1)))
+  train = os.path.join(root, 'train')
+  # A loop (cat/loop -> train: would list every class again and again) and
+  # links back into the split or its root, next to a real extra folder.
+  os.symlink('..', os.path.join(train, 'cat', 'loop'))
+  os.symlink(os.path.join('..', '..'), os.path.join(train, 'dog', 'root'))
+  os.symlink(os.path.join(train, 'emu'), os.path.join(train, 'cat', 'emus'))
+  extra = tmp_path / 'more_dogs'
+  os.makedirs(extra / 'deeper')
+  Image.new('RGB', (12, 12), (0, 200, 0)).save(extra / 'deeper' / 'x.png')
+  os.symlink(extra, os.path.join(train, 'dog', 'more'))
+  os.symlink(extra, os.path.join(train, 'dog', 'more_again'))
+  listing = folder.ImageFolder(root, 'train')
+  assert len(listing) == 19  # 18 files, plus the linked outside one once.
+  np.testing.assert_array_equal(np.bincount(listing.labels), [6, 7, 6])
+  assert len(set(map(os.path.realpath, listing.paths))) == 19
+  assert os.path.join('dog', 'more', 'deeper', 'x.png') in listing.paths[6 + 6]
+  data = _datasets(_config(root, batch_size=3, eval_batch_size=3))
+  assert data.num_train_examples == 19

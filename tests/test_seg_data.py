@@ -8,6 +8,7 @@ import numpy as np
 from PIL import Image
 import pytest
 
+from configs import segmentation_common
 from jaxres import data as data_lib
 from jaxres.data import seg_tfds
 from jaxres.data import segmentation
@@ -67,18 +68,27 @@ def _make_voc(root, num_train=8, num_val=5, mask_fn=None, seed=0,
 
 
 def _config(**kwargs):
+  config = segmentation_common.segmentation_config()
   fields = dict(dataset='voc', data_dir=None, num_classes=NUM_CLASSES,
                 crop_size=24, batch_size=4, eval_batch_size=3, data_workers=2,
                 on_bad_image='stop', scale_range=(0.5, 2.0), eval_size=None,
                 eval_pad_multiple=8)
   fields.update(kwargs)
-  return ml_collections.ConfigDict(fields)
+  for key, value in fields.items():
+    if key in config:
+      config[key] = value
+    else:  # Not declared in segmentation_common (shapes_*_size).
+      config.update(ml_collections.ConfigDict({key: value}))
+  return config
 
 
 def _datasets(config, **kwargs):
   kwargs.setdefault('seed', 0)
-  kwargs.setdefault('start_step', 0)
   return segmentation.get_segmentation_datasets(config, **kwargs)
+
+
+def _train(config, start_step=0, **kwargs):
+  return _datasets(config, **kwargs).train_iter_fn(start_step)
 
 
 # ----------------------------------------------------------------------------
@@ -92,6 +102,9 @@ def test_voc_reads_palette_indices(tmp_path):
   assert len(source) == 5
   for i, name in enumerate(source.ids):
     image, label = source.load(i)
+    # Decoded once, left as PIL: the transforms resize it before numpy.
+    assert isinstance(image, Image.Image) and image.mode == 'RGB'
+    image = np.asarray(image)
     assert image.dtype == np.uint8 and image.shape == label.shape + (3,)
     np.testing.assert_array_equal(label, examples[name])
     assert source.image_size(i) == label.shape
@@ -102,7 +115,7 @@ def test_voc_end_to_end_and_eval_covers_each_example_once(tmp_path):
   data = _datasets(_config(data_dir=str(tmp_path)))
   assert (data.num_train_examples, data.num_eval_examples) == (8, 5)
   assert data.num_classes == NUM_CLASSES and data.ignore_label == 255
-  batch = next(data.train_iter)
+  batch = next(data.train_iter_fn(0))
   assert batch['image'].shape == (4, 24, 24, 3)
   assert batch['image'].dtype == np.float32
   assert batch['label'].shape == (4, 24, 24)
@@ -150,7 +163,7 @@ def test_binary_0_255_masks_are_detected_and_mapped(tmp_path):
     _datasets(config)
   config.binary_mask_255_to_1 = True
   data = _datasets(config)
-  labels = next(data.train_iter)['label']
+  labels = next(data.train_iter_fn(0))['label']
   assert set(np.unique(labels)) <= {0, 1, 255}
   assert (labels == 1).any()
 
@@ -180,7 +193,7 @@ def test_out_of_range_is_caught_on_the_fly(tmp_path):
   data = _datasets(_config(data_dir=str(tmp_path), label_check_files=1,
                            batch_size=8))
   with pytest.raises(segmentation.LabelError, match='2007_000003'):
-    next(data.train_iter)
+    next(data.train_iter_fn(0))
 
 
 def test_size_mismatch_names_the_file(tmp_path):
@@ -235,10 +248,10 @@ def test_corrupt_image_skip_or_stop(tmp_path, policy):
                    batch_size=8)
   if policy == 'stop':  # At start-up (eval headers) or on loading.
     with pytest.raises(segmentation.BadImageError, match='on_bad_image="skip"'):
-      next(_datasets(config).train_iter)
+      next(_train(config))
     return
   data = _datasets(config)
-  batch = next(data.train_iter)
+  batch = next(data.train_iter_fn(0))
   assert batch['image'].shape[0] == 8
   masks = np.concatenate([b['mask'] for b in data.eval_iter_fn()])
   assert masks.sum() == data.num_eval_examples - 1
@@ -288,6 +301,12 @@ def test_train_transform_matches_resize_pad_crop_flip():
     ref_image, ref_label = _reference_train_transform(
         image, label, np.random.default_rng(k), 32, (0.5, 2.0))
     np.testing.assert_array_equal(out_label, ref_label)
+    # A decoded PIL image (what file sources hand over) gives the same bytes.
+    pil_image = np.zeros_like(out_image)
+    segmentation.train_transform(Image.fromarray(image), label,
+                                 np.random.default_rng(k), (32, 32),
+                                 (0.5, 2.0), pil_image, out_label.copy())
+    np.testing.assert_array_equal(pil_image, out_image)
     # PIL may round a resampled pixel one level differently with a box.
     np.testing.assert_allclose(out_image, ref_image, atol=1.01 / (255 * 0.224))
 
@@ -310,7 +329,7 @@ def _shapes_config(**kwargs):
                 shapes_eval_size=11, num_classes=4, crop_size=16, batch_size=4,
                 eval_batch_size=4, data_workers=2, eval_pad_multiple=8)
   fields.update(kwargs)
-  return ml_collections.ConfigDict(fields)
+  return _config(**fields)
 
 
 def _take(iterator, n):
@@ -320,7 +339,7 @@ def _take(iterator, n):
 def test_shapes_train_batches_crop_and_values():
   data = _datasets(_shapes_config(), seed=3)
   assert data.class_names[0] == 'background' and len(data.class_names) == 4
-  for batch in _take(data.train_iter, 3):
+  for batch in _take(data.train_iter_fn(0), 3):
     assert batch['image'].shape == (4, 16, 16, 3)
     values = set(np.unique(batch['label']).tolist())
     assert values <= set(range(4)) | {255}
@@ -328,21 +347,23 @@ def test_shapes_train_batches_crop_and_values():
 
 def test_start_step_resumes_exactly():
   config = _shapes_config()
-  full = _take(_datasets(config, seed=5).train_iter, 7)
-  resumed = _take(_datasets(config, seed=5, start_step=4).train_iter, 3)
-  for a, b in zip(full[4:], resumed):
-    np.testing.assert_array_equal(a['image'], b['image'])
-    np.testing.assert_array_equal(a['label'], b['label'])
-  other_seed = next(_datasets(config, seed=6).train_iter)
+  data = _datasets(config, seed=5)
+  full = _take(data.train_iter_fn(0), 7)
+  for resumed in (_take(data.train_iter_fn(4), 3),  # Built once.
+                  _take(_train(config, 4, seed=5), 3)):
+    for a, b in zip(full[4:], resumed, strict=True):
+      np.testing.assert_array_equal(a['image'], b['image'])
+      np.testing.assert_array_equal(a['label'], b['label'])
+  other_seed = next(_train(config, seed=6))
   assert not np.array_equal(other_seed['label'], full[0]['label'])
 
 
 def test_two_processes_split_the_global_batch():
   config = _shapes_config()
-  one = _take(_datasets(config, seed=1).train_iter, 2)
+  one = _take(_train(config, seed=1), 2)
   parts = [
-      _take(_datasets(config, seed=1, process_index=p,
-                      process_count=2).train_iter, 2) for p in range(2)
+      _take(_train(config, seed=1, process_index=p, process_count=2), 2)
+      for p in range(2)
   ]
   for step in range(2):
     for key in ('image', 'label'):
@@ -422,7 +443,7 @@ def test_oxford_iiit_pet_with_mock_data():
     data = _datasets(config)
   assert data.num_classes == 2 and data.class_names == ('background', 'pet')
   assert (data.num_train_examples, data.num_eval_examples) == (6, 5)
-  batch = next(data.train_iter)
+  batch = next(data.train_iter_fn(0))
   assert batch['image'].shape == (2, 16, 16, 3)
   assert set(np.unique(batch['label']).tolist()) <= {0, 1, 255}
   masks = np.concatenate([b['mask'] for b in data.eval_iter_fn()])

@@ -12,7 +12,8 @@ from PIL import Image
 
 from configs import seg_quickstart
 from jaxres import checkpoint as ckpt_lib
-from jaxres import predict, runner, seg_losses, train_seg
+from jaxres import predict, runner, seg_losses
+from jaxres.tasks import seg_eval, segmentation
 from jaxres.data import shapes
 
 
@@ -53,13 +54,13 @@ def _toy_config(**overrides):
 def _toy_run(freeze_steps, bn_train_mode, num_steps):
   config = _toy_config()
   lr_fn = lambda count: 0.1
-  state = train_seg.build_state(config, _ToySegmenter(), (8, 8, 3),
+  state = segmentation.build_state(config, _ToySegmenter(), (8, 8, 3),
                                 freeze_steps, lr_fn, jax.random.key(0))
   rng = np.random.default_rng(0)
   batch = {'image': rng.normal(size=(4, 8, 8, 3)).astype(np.float32),
            'label': rng.integers(0, 3, (4, 8, 8)).astype(np.int32)}
   step = functools.partial(
-      train_seg.train_step, loss_fn=seg_losses.make_loss_fn(config),
+      segmentation.train_step, loss_fn=seg_losses.make_loss_fn(config),
       lr_fn=lr_fn, num_classes=3, ignore_label=255,
       backbone_bn_train=bn_train_mode)
   frozen = jax.jit(functools.partial(step, frozen_backbone=True))
@@ -97,7 +98,7 @@ def test_resize_to_labels_matches_resize_per_example():
   rng = np.random.default_rng(0)
   logits = rng.normal(size=(2, 8, 8, 3)).astype(np.float32)
   label_hw = np.array([[12, 20], [5, 6]], np.int32)
-  out = np.asarray(jax.jit(train_seg.resize_to_labels, static_argnums=2)(
+  out = np.asarray(jax.jit(seg_eval.resize_to_labels, static_argnums=2)(
       logits, label_hw, (16, 24)))
   for i, (h, w) in enumerate(label_hw):
     ref = jax.image.resize(logits[i], (h, w, 3), 'bilinear', antialias=False)
@@ -153,7 +154,7 @@ def test_train_eval_predict(tmp_path, capsys):
   valid = masks != 255
   baseline = np.mean(masks[valid] == 0) / 2
   assert metrics['eval_miou'] > baseline + 0.1, (metrics, baseline)
-  assert os.path.exists(os.path.join(workdir, 'segmentation.json'))
+  assert os.path.exists(os.path.join(workdir, 'dataset.json'))
 
   # Eval-only restores the checkpoint and reproduces the evaluation.
   again = runner.run(config, workdir, mode='eval')

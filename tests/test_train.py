@@ -7,7 +7,8 @@ import pytest
 
 from tests import tiny_config as tests_tiny_config
 from jaxres import checkpoint as ckpt_lib
-from jaxres import optim, runner, train
+from jaxres import optim, runner, train_state
+from jaxres.tasks import classification
 from jaxres.sharding import DataParallel
 
 
@@ -28,13 +29,13 @@ def tiny_config(**overrides):
 
 
 def _run_steps(dp, config, num_steps=2):
-  model = train.build_model(config, 10)
+  model = train_state.build_model(config, 10)
   lr_fn = optim.learning_rate_fn(config, 0.1, 10, 0, 10)
   tx = optim.make_optimizer(config, lr_fn)
-  state = jax.jit(functools.partial(train.create_train_state, model, tx,
+  state = jax.jit(functools.partial(train_state.create_train_state, model, tx,
                                     input_shape=(32, 32, 3)),
                   out_shardings=dp.replicated)(jax.random.key(0))
-  step = jax.jit(functools.partial(train.train_step, num_classes=10,
+  step = jax.jit(functools.partial(classification.train_step, num_classes=10,
                                    label_smoothing=0.1, lr_fn=lr_fn),
                  in_shardings=(dp.replicated, dp.batch, dp.replicated),
                  out_shardings=(dp.replicated, dp.replicated))
@@ -121,9 +122,9 @@ def test_quickstart_learns(tmp_path):
   from tests import helpers  # pylint: disable=g-import-not-at-top
   proc = helpers.run_main(
       str(tmp_path), '--config.shapes_train_size=3840',
-      '--config.shapes_eval_size=500', '--config.num_train_epochs=2',
+      '--config.shapes_eval_size=500', '--config.num_train_epochs=3',
       '--config.compilation_cache_dir=', base=('--config=configs/quickstart.py',))
-  line = [l for l in proc.stderr.splitlines() if 'eval @ step 60' in l][-1]
+  line = [l for l in proc.stderr.splitlines() if 'eval @ step 90' in l][-1]
   top1 = float(line.split('top-1 ')[1].split()[0])
   assert top1 > 0.6, line
 
@@ -136,11 +137,11 @@ def test_init_from_a_training_checkpoint(tmp_path, capsys):
   saved = helpers.load_state(source, 3)
 
   dp = DataParallel.create(32)
-  model = train.build_model(config, 10)
+  model = train_state.build_model(config, 10)
   tx = optim.make_optimizer(config, optim.learning_rate_fn(config, 0.1, 10, 0, 10))
-  fresh = train.create_train_state(model, tx, jax.random.key(1), (32, 32, 3))
+  fresh = train_state.create_train_state(model, tx, jax.random.key(1), (32, 32, 3))
   with_init = tiny_config(init_from=source)
-  state = train.init_from_pretrained(with_init, fresh, dp)
+  state = train_state.init_from_pretrained(with_init, fresh, dp.replicated)
   helpers.assert_trees_equal(state.params, saved['params'])
   helpers.assert_trees_equal(state.batch_stats, saved['batch_stats'])
 
@@ -159,9 +160,9 @@ def test_restore_into_a_config_that_does_not_fit(tmp_path):
                                   read_only=True)
 
   def abstract_state(config, num_classes):
-    model = train.build_model(config, num_classes)
+    model = train_state.build_model(config, num_classes)
     tx = optim.make_optimizer(config, optim.learning_rate_fn(config, 0.1, 10, 0, 10))
-    shapes = jax.eval_shape(lambda: train.create_train_state(
+    shapes = jax.eval_shape(lambda: train_state.create_train_state(
         model, tx, jax.random.key(0), (32, 32, 3)))
     replicated = DataParallel.create(32).replicated
     return ckpt_lib.abstract_like(shapes, jax.tree.map(lambda _: replicated, shapes))

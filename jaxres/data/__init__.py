@@ -10,23 +10,43 @@ Config fields read (``ml_collections.ConfigDict``):
   data_dir           TFDS data directory; None: TFDS's default
                      ($TFDS_DATA_DIR or ~/tensorflow_datasets).
   image_size         side of the square images the model sees.
-  batch_size         GLOBAL training batch size (split over processes).
-  eval_batch_size    GLOBAL eval batch size.
+  batch_size         GLOBAL training batch size; every pipeline makes only
+                     this process's rows of each global batch.
+  eval_batch_size    GLOBAL eval batch size (None/0: batch_size).
   shuffle_buffer     TFDS record shuffle buffer (examples).
   num_classes        synthetic: number of classes. Others: None/0 takes the
                      dataset's count, any other value must equal it.
+  input_dtype        'float32'; 'bfloat16' halves host to device traffic
+                     for TFDS, folder and synthetic inputs.
   shapes_train_size, shapes_eval_size   examples drawn for 'shapes'.
-Optional, read with defaults: input_dtype ('float32'; 'bfloat16' halves host
-to device traffic for TFDS and synthetic inputs).
+Not declared in configs/common.py, read with defaults: data_workers (threads;
+shapes: 4 at most, folder: os.cpu_count()), prefetch_batches (2) and the
+other folder fields of folder.py.
+
+  data = get_classification_datasets(config, seed=0, process_index=0,
+                                     process_count=1)
+  batches = data.train_iter_fn(start_step)   # this process's rows, forever
+  for batch in data.eval_iter_fn(): ...      # + mask; one padded pass
 
 No module in this package imports TensorFlow at import time; only the TFDS
 path (``jaxres.data.imagenet``) does, inside its functions.
 """
+import concurrent.futures
 import dataclasses
 import functools
+import os
 from typing import Callable, Iterator, Tuple
 
 import numpy as np
+
+# Re-exported: `from jaxres.data import DatasetNotFoundError` and the others.
+# pylint: disable=unused-import
+from jaxres.data.errors import BadImageError
+from jaxres.data.errors import DatasetNotFoundError
+from jaxres.data.errors import FolderLayoutError
+from jaxres.data.errors import LabelError
+# pylint: enable=unused-import
+from jaxres.data import batching
 
 # ImageNet statistics in 0-255 RGB, the scale of decoded images (as in flax's
 # examples/imagenet). Every pipeline normalises with these.
@@ -37,44 +57,45 @@ IGNORE_LABEL = 255
 SHAPES_TRAIN_SEED = 0  # The embedded dataset is fixed, whatever the run seed.
 SHAPES_EVAL_SEED = 1
 
-
-class DatasetNotFoundError(FileNotFoundError):
-  """A dataset is not on disk, and jaxres never downloads one itself."""
+_MEAN = np.asarray(MEAN_RGB, np.float32)
+_STD = np.asarray(STDDEV_RGB, np.float32)
 
 
 def normalize(images: np.ndarray) -> np.ndarray:
   """uint8 (or 0-255 float) [..., 3] -> float32 ImageNet-normalised."""
-  mean = np.asarray(MEAN_RGB, np.float32)
-  std = np.asarray(STDDEV_RGB, np.float32)
-  return (images.astype(np.float32) - mean) / std
+  return (np.asarray(images).astype(np.float32) - _MEAN) / _STD
+
+
+def normalize_into(dst: np.ndarray, image) -> None:
+  """dst[...] = normalize(image), without a temporary for float32 dst."""
+  if dst.dtype == np.float32:
+    np.subtract(np.asarray(image), _MEAN, out=dst, casting='unsafe')
+    dst /= _STD
+  else:
+    dst[...] = normalize(image)
 
 
 @dataclasses.dataclass
 class ClassificationData:
   """What the trainer needs from an input pipeline.
 
-  ``train_iter`` yields this process's batches from the requested start step;
+  ``train_iter_fn(start_step)`` yields this process's rows of the global
+  training batches from ``start_step`` on (for a fresh run or a resumed one);
   ``eval_iter_fn()`` returns a fresh pass over the eval split, padded so that
   every process yields the same number of batches, with a ``mask`` field.
   Example counts are global (all processes).
   """
-  train_iter: Iterator[dict]
+  train_iter_fn: Callable[[int], Iterator[dict]]
   eval_iter_fn: Callable[[], Iterator[dict]]
   num_train_examples: int
   num_eval_examples: int
   num_classes: int
   image_shape: Tuple[int, int, int]
-
-
-def _per_process(global_size: int, process_count: int, name: str) -> int:
-  if global_size % process_count:
-    raise ValueError(f'config.{name}={global_size} is not divisible by the '
-                     f'number of processes ({process_count}).')
-  return global_size // process_count
+  class_names: Tuple[str, ...]
 
 
 def _check_num_classes(config, dataset_classes: int) -> int:
-  wanted = config.get('num_classes')
+  wanted = config.num_classes
   if wanted and wanted != dataset_classes:
     raise ValueError(
         f'config.num_classes={wanted} but dataset {config.dataset!r} has '
@@ -83,75 +104,85 @@ def _check_num_classes(config, dataset_classes: int) -> int:
   return dataset_classes
 
 
-def get_classification_datasets(config, *, seed: int, start_step: int,
-                                process_index: int,
+def get_classification_datasets(config, *, seed: int, process_index: int,
                                 process_count: int) -> ClassificationData:
-  """Builds train and eval pipelines for ``config.dataset``.
+  """Builds train and eval pipelines for ``config.dataset``, once.
 
   Args:
     config: see the module docstring for the fields read.
     seed: data order and augmentation seed; the training order is a pure
       function of (seed, step).
-    start_step: first training step to produce (for resuming).
     process_index, process_count: this process's place among all processes.
   """
-  batch_size = _per_process(config.batch_size, process_count, 'batch_size')
-  eval_batch_size = _per_process(
-      config.get('eval_batch_size') or config.batch_size, process_count,
-      'eval_batch_size')
+  # pylint: disable=g-import-not-at-top
+  batch_size = config.batch_size
+  eval_batch_size = config.eval_batch_size or batch_size
+  batching.per_process(batch_size, process_count, 'batch_size')
+  batching.per_process(eval_batch_size, process_count, 'eval_batch_size')
   image_size = config.image_size
-  dtype = config.get('input_dtype', 'float32')
+  dtype = config.input_dtype
   proc = dict(process_index=process_index, process_count=process_count)
 
   if config.dataset == 'shapes':
-    # pylint: disable-next=g-import-not-at-top
     from jaxres.data import arrays, shapes
     num_classes = _check_num_classes(config, shapes.NUM_CLASSES)
     train_images, train_labels = shapes.make_classification(
         config.shapes_train_size, image_size, SHAPES_TRAIN_SEED)
     eval_images, eval_labels = shapes.make_classification(
         config.shapes_eval_size, image_size, SHAPES_EVAL_SEED)
-    train_iter = arrays.train_iterator(
-        train_images, train_labels, batch_size, seed, start_step,
-        augment_fn=arrays.random_crop_flip(padding=4), **proc)
+    pool = concurrent.futures.ThreadPoolExecutor(
+        config.data_workers or min(4, os.cpu_count()),
+        thread_name_prefix='shapes-data')
+    threads = dict(pool=pool, prefetch=config.prefetch_batches)
+    train_iter_fn = arrays.train_batches(
+        train_images, train_labels, batch_size, seed,
+        augment_fn=arrays.random_crop_flip(padding=4), **proc, **threads)
     eval_iter_fn = functools.partial(arrays.eval_iterator, eval_images,
-                                     eval_labels, eval_batch_size, **proc)
+                                     eval_labels, eval_batch_size, **proc,
+                                     **threads)
     return ClassificationData(
-        train_iter, eval_iter_fn, len(train_images), len(eval_images),
-        num_classes, train_images.shape[1:])
+        train_iter_fn, eval_iter_fn, len(train_images), len(eval_images),
+        num_classes, tuple(train_images.shape[1:]), shapes.CLASS_NAMES)
 
   if config.dataset == 'synthetic':
-    from jaxres.data import synthetic  # pylint: disable=g-import-not-at-top
-    num_classes = config.get('num_classes') or 1000
-    common = dict(image_size=image_size, num_classes=num_classes, dtype=dtype)
-    train_iter = synthetic.synthetic_iterator(batch_size, seed=seed, **common)
+    from jaxres.data import synthetic
+    num_classes = config.num_classes or 1000
+    common = dict(image_size=image_size, num_classes=num_classes, dtype=dtype,
+                  **proc)
+
+    def train_iter_fn(start_step):
+      del start_step  # The same batch at every step.
+      return synthetic.synthetic_iterator(batch_size, seed=seed, **common)
+
     eval_iter_fn = functools.partial(
         synthetic.synthetic_iterator, eval_batch_size, seed=seed + 1,
         num_batches=synthetic.EVAL_BATCHES, with_mask=True, **common)
     return ClassificationData(
-        train_iter, eval_iter_fn, synthetic.NUM_TRAIN_EXAMPLES,
-        synthetic.EVAL_BATCHES * eval_batch_size * process_count, num_classes,
-        (image_size, image_size, 3))
+        train_iter_fn, eval_iter_fn, synthetic.NUM_TRAIN_EXAMPLES,
+        synthetic.EVAL_BATCHES * eval_batch_size, num_classes,
+        (image_size, image_size, 3), tuple(map(str, range(num_classes))))
 
   if config.dataset == 'folder':
-    from jaxres.data import folder  # pylint: disable=g-import-not-at-top
-    data = folder.get_datasets(
-        config, batch_size=batch_size, eval_batch_size=eval_batch_size,
-        seed=seed, start_step=start_step, dtype=dtype, **proc)
+    from jaxres.data import folder
+    data = folder.get_datasets(config, seed=seed, dtype=dtype, **proc)
     _check_num_classes(config, data.num_classes)
     return data
 
-  from jaxres.data import imagenet  # pylint: disable=g-import-not-at-top
-  builder = imagenet.get_builder(config.dataset, config.get('data_dir'))
+  from jaxres.data import imagenet
+  builder = imagenet.get_builder(config.dataset, config.data_dir)
   num_classes = _check_num_classes(config, imagenet.num_classes(builder))
   train_split, eval_split = imagenet.default_splits(builder)
   common = dict(image_size=image_size, dtype=dtype, **proc)
-  train_iter = imagenet.train_iterator(
-      builder, batch_size, seed=seed, start_step=start_step, split=train_split,
-      shuffle_buffer=config.get('shuffle_buffer') or 16 * 1024, **common)
+
+  def train_iter_fn(start_step):
+    return imagenet.train_iterator(
+        builder, batch_size, seed=seed, start_step=start_step,
+        split=train_split, shuffle_buffer=config.shuffle_buffer or 16 * 1024,
+        **common)
+
   eval_iter_fn = functools.partial(imagenet.eval_iterator, builder,
                                    eval_batch_size, split=eval_split, **common)
   return ClassificationData(
-      train_iter, eval_iter_fn, imagenet.num_examples(builder, train_split),
+      train_iter_fn, eval_iter_fn, imagenet.num_examples(builder, train_split),
       imagenet.num_examples(builder, eval_split), num_classes,
-      (image_size, image_size, 3))
+      (image_size, image_size, 3), imagenet.class_names(builder))

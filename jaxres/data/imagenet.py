@@ -22,6 +22,7 @@ from typing import Iterator, Optional, Sequence, Tuple
 import numpy as np
 
 from jaxres import data as data_lib
+from jaxres.data import batching
 
 CROP_PADDING = 32  # Eval: centre crop image_size / (image_size + 32).
 
@@ -108,6 +109,15 @@ def default_splits(builder) -> Tuple[str, str]:
 
 def num_classes(builder) -> int:
   return builder.info.features['label'].num_classes
+
+
+def class_names(builder) -> Tuple[str, ...]:
+  """The label feature's names, else '0', '1', ..."""
+  label = builder.info.features['label']
+  names = getattr(label, 'names', None)
+  if names:
+    return tuple(str(n) for n in names)
+  return tuple(str(i) for i in range(num_classes(builder)))
 
 
 def num_examples(builder, split) -> int:
@@ -274,7 +284,9 @@ def train_iterator(builder,
 
   Args:
     builder: from ``get_builder``.
-    batch_size: PER-PROCESS batch size.
+    batch_size: GLOBAL batch size; this process yields
+      ``batch_size // process_count`` examples per batch, from its own part
+      of the split.
     seed: order and augmentation seed.
     start_step: first step to yield; equals skipping that many batches.
     process_index, process_count: which equal part of the split to read.
@@ -287,6 +299,7 @@ def train_iterator(builder,
     dict(image=[b, S, S, 3] normalised, label=int32 [b]) numpy batches.
   """
   tfds = _tfds()
+  batch_size = batching.per_process(batch_size, process_count, 'batch_size')
   split = _process_splits(split, process_count, True)[process_index]
   per_epoch = num_examples(builder, split) // batch_size
   if per_epoch < 1:
@@ -312,10 +325,14 @@ def eval_iterator(builder,
                   split: str = 'validation') -> Iterator[dict]:
   """One pass over ``split``: padded batches with ``mask`` (1 real, 0 pad).
 
-  Every process yields ``ceil(max part size / batch_size)`` batches, so a
+  ``batch_size`` is GLOBAL; each process reads its own part of the split in
+  batches of ``batch_size // process_count``. Every process yields
+  ``ceil(max part size / (batch_size // process_count))`` batches, so a
   jitted eval step runs the same number of times everywhere.
   """
   tf, tfds = _tf(), _tfds()
+  batch_size = batching.per_process(batch_size, process_count,
+                                    'eval_batch_size')
   dtype = _tf_dtype(dtype)
   is_jpeg = _is_jpeg(builder)
   splits = _process_splits(split, process_count, False)

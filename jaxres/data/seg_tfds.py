@@ -3,10 +3,11 @@
 Both are read from a prepared TFDS data_dir and never downloaded. A split's
 encoded examples (the JPEG/PNG bytes, not pixels) are read once into memory;
 the shared pipeline in segmentation.py then decodes them with PIL on its
-threads. Random access is what keeps the training order a function of
-(seed, step). Memory per process: cityscapes train is about 6.6 GB of PNG
-bytes, oxford_iiit_pet train about 0.4 GB. TensorFlow is imported only here,
-only when one of these datasets is asked for, and kept off the GPUs.
+threads (each image once, resized as a PIL image). Random access is what
+keeps the training order a function of (seed, step). Memory per process:
+cityscapes train is about 6.6 GB of PNG bytes, oxford_iiit_pet train about
+0.4 GB. TensorFlow is imported only here, only when one of these datasets is
+asked for, and kept off the GPUs.
 """
 import io
 from typing import Callable, List, Sequence, Tuple
@@ -14,9 +15,9 @@ from typing import Callable, List, Sequence, Tuple
 import numpy as np
 from PIL import Image
 
-from jaxres.data import DatasetNotFoundError
-from jaxres.data.segmentation import BadImageError
-from jaxres.data.segmentation import LabelError
+from jaxres.data.errors import BadImageError
+from jaxres.data.errors import DatasetNotFoundError
+from jaxres.data.errors import LabelError
 
 CITYSCAPES_CLASSES = (
     'road', 'sidewalk', 'building', 'wall', 'fence', 'pole', 'traffic light',
@@ -138,7 +139,7 @@ def _decode(data: bytes, what: str) -> Image.Image:
 
 
 class TfdsSource:
-  """Encoded (image, label) pairs of a TFDS split, as a segmentation.Source."""
+  """Encoded (image, label) pairs of a TFDS split (a seg_labels.LabelSource)."""
 
   def __init__(self, name: str, split: str, records: List[Tuple[bytes, bytes]],
                map_label: Callable[[np.ndarray, str], np.ndarray]):
@@ -160,7 +161,7 @@ class TfdsSource:
 
   def load(self, index):
     image = _decode(self.records[index][0], self.name(index)).convert('RGB')
-    return np.asarray(image), self.load_label(index)
+    return image, self.load_label(index)
 
   def image_size(self, index):
     try:

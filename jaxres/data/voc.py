@@ -14,8 +14,8 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 from PIL import Image
 
-from jaxres.data.segmentation import BadImageError
-from jaxres.data.segmentation import LabelError
+from jaxres.data.errors import BadImageError
+from jaxres.data.errors import LabelError
 
 VOC_CLASSES = (
     'background', 'aeroplane', 'bicycle', 'bird', 'boat', 'bottle', 'bus',
@@ -73,10 +73,11 @@ def _missing_error(kind: str, missing: Sequence[str], num_ids: int,
       f'{list(missing[:5])}. {hint}')
 
 
-def read_image(path: str) -> np.ndarray:
+def read_image(path: str) -> Image.Image:
+  """The decoded RGB image (PIL; the transforms resize it before numpy)."""
   try:
     with Image.open(path) as im:
-      return np.asarray(im.convert('RGB'))
+      return im.convert('RGB')
   except _READ_ERRORS as e:
     raise BadImageError(f'Cannot read image {path}: {e}') from e
 
@@ -119,7 +120,7 @@ def image_size(path: str):
 
 
 class VocFolder:
-  """One split of a VOC-style folder, as a segmentation.Source."""
+  """One split of a VOC-style folder, as a seg_labels.LabelSource."""
 
   def __init__(self, root: str, split: str, *,
                image_dir: str = 'JPEGImages', mask_dir: Optional[str] = None,

@@ -130,3 +130,21 @@ MODELS = {
     'deeplabv3plus_resnet101': functools.partial(
         DeepLabV3Plus, backbone='resnet101'),
 }
+
+
+# ---------------------------------------------------------------------------
+# PyTorch weights (read by jaxres.weights): the head follows the generic rule
+# (aspp/conv_cat_0 -> aspp.conv_cat.0); backbones are named by their files.
+# ---------------------------------------------------------------------------
+
+CLASSIFIER = 'cls_conv'  # Gives the class logits.
+
+TORCH_LAYOUTS = (
+    dict(description='DeepLab-style ResNet backbone', backbone=resnet,
+         prefix='backbone.', torch_name=resnet.torch_name),
+    dict(description='bubbliiiing DeepLabV3+ MobileNetV2 backbone',
+         backbone=mobilenetv2, prefix='backbone.',
+         torch_name=mobilenetv2.bubbliiiing_torch_name),
+    dict(description='torchvision-layout MobileNetV2 backbone',
+         backbone=mobilenetv2, prefix='backbone.'),
+)

@@ -92,8 +92,8 @@ def check_output_stride(output_stride: int,
                         allowed: Sequence[int] = OUTPUT_STRIDES) -> None:
   if output_stride not in allowed:
     raise ValueError(
-        f'output_stride={output_stride!r} is not supported; allowed values: '
-        f'{", ".join(str(s) for s in allowed)}.')
+        f'output_stride={output_stride!r} is not one of {tuple(allowed)} '
+        'for this model.')
 
 
 def dilation_schedule(strides: Sequence[int], output_stride: int,

@@ -120,3 +120,41 @@ class MobileNetV2(nn.Module):
 MODELS = {
     'mobilenet_v2': functools.partial(MobileNetV2),
 }
+
+
+# ---------------------------------------------------------------------------
+# PyTorch weights (read by jaxres.weights): torchvision's names follow the
+# generic rule (features_3/conv_1_0 -> features.3.conv.1.0).
+# ---------------------------------------------------------------------------
+
+TORCH_SIGNATURE = 'features_1/conv_0_0'  # A flax module only MobileNetV2 has.
+CLASSIFIER = 'classifier_1'  # Gives the class logits.
+
+
+def bubbliiiing_torch_name(name: str, kind: str) -> str:
+  """bubbliiiing's MobileNetV2: each block's ``conv`` is one flat Sequential.
+
+  torchvision nests conv+BN+ReLU6 triples (conv.I.J, I < number of triples)
+  and then lists the linear projection conv and its BN (conv.I). Flat index:
+  3 * I + J for a triple; 3 * I for the projection conv and 3 * I - 2 for
+  its BN (the projection conv's I equals the number of triples).
+  """
+  block, found, index = name.partition('.conv.')
+  if not found or not block.startswith('features.'):
+    return name
+  i, *j = (int(n) for n in index.split('.'))
+  if j:
+    flat = 3 * i + j[0]
+  else:
+    flat = 3 * i if kind == 'conv' else 3 * i - 2
+  return f'{block}.conv.{flat}'
+
+
+# Files holding a MobileNetV2 (more in deeplab.py).
+TORCH_LAYOUTS = (
+    dict(description='torchvision MobileNetV2', prefix='',
+         classifier_keys=('features.18.*', 'classifier.*')),
+    dict(description='bubbliiiing MobileNetV2 (ImageNet)', prefix='',
+         torch_name=bubbliiiing_torch_name,
+         classifier_keys=('features.18.*', 'classifier.*')),
+)

@@ -173,3 +173,31 @@ MODELS = {
     'wide_resnet50_2': WideResNet50_2,
     'resnext50_32x4d': ResNeXt50_32x4d,
 }
+
+
+# ---------------------------------------------------------------------------
+# PyTorch weights (read by jaxres.weights, which applies the generic rule
+# layer1_0/conv1 -> layer1.0.conv1 before torch_name)
+# ---------------------------------------------------------------------------
+
+TORCH_SIGNATURE = 'layer1_0'  # A flax module only a ResNet has.
+CLASSIFIER = 'fc'  # Gives the class logits; stays fresh with backbone_only.
+
+
+def torch_name(name: str, kind: str) -> str:
+  """torchvision keeps the shortcut conv and its BN in one Sequential."""
+  del kind  # 'conv' or 'norm': the names alone tell them apart here.
+  for flax_module, torch_module in (('downsample_conv', 'downsample.0'),
+                                    ('downsample_bn', 'downsample.1')):
+    if name.endswith('.' + flax_module):
+      return name[:-len(flax_module)] + torch_module
+  return name
+
+
+# Files holding a ResNet (more in unet.py and deeplab.py): the torch key
+# prefix of the backbone and the source's own classifier, unused when only
+# the backbone is loaded.
+TORCH_LAYOUTS = (
+    dict(description='torchvision ResNet', prefix='', torch_name=torch_name,
+         classifier_keys=('fc.*',)),
+)

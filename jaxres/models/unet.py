@@ -116,3 +116,21 @@ MODELS = {
                                        backbone_stem='ceil_pool'),
     'unet_vgg16': functools.partial(UNet, backbone='vgg16'),
 }
+
+
+# ---------------------------------------------------------------------------
+# PyTorch weights (read by jaxres.weights): the decoder follows the generic
+# rule (up_conv_1 -> up_conv.1); the encoders are named by their model files.
+# ---------------------------------------------------------------------------
+
+CLASSIFIER = 'final'  # Gives the class logits.
+
+TORCH_LAYOUTS = (
+    dict(description='bubbliiiing UNet ResNet encoder', backbone=resnet,
+         prefix='resnet.', torch_name=resnet.torch_name,
+         note="note: bubbliiiing's UNet pools its stem with padding 0 and "
+         "ceil_mode; build unet_resnet50 with backbone_stem='ceil_pool' to "
+         'reproduce its outputs exactly.'),
+    dict(description='bubbliiiing UNet VGG16 encoder', backbone=vgg,
+         prefix='vgg.'),
+)

@@ -69,3 +69,28 @@ VGG16 = functools.partial(VGG, stage_sizes=(2, 2, 3, 3, 3))
 MODELS = {
     'vgg16': VGG16,
 }
+
+
+# ---------------------------------------------------------------------------
+# PyTorch weights (read by jaxres.weights): torchvision's names follow the
+# generic rule features_0 -> features.0, so no torch_name is needed.
+# ---------------------------------------------------------------------------
+
+TORCH_SIGNATURE = 'features_0'  # A flax module only VGG has.
+CLASSIFIER = 'classifier_6'  # Gives the class logits.
+
+
+def torch_weight(name: str, weight):
+  """torchvision flattens (C, 7, 7) before classifier.0; this model (7, 7, C)."""
+  if name != 'classifier.0' or weight.ndim != 2 or weight.shape[1] % 49:
+    return weight
+  out, channels = weight.shape[0], weight.shape[1] // 49
+  return weight.reshape(out, channels, 7, 7).transpose(0, 2, 3, 1).reshape(
+      out, -1)
+
+
+# Files holding a VGG16 (more in unet.py).
+TORCH_LAYOUTS = (
+    dict(description='torchvision VGG', prefix='',
+         classifier_keys=('classifier.*',)),
+)
