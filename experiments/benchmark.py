@@ -14,8 +14,8 @@ and prints the jaxres / PyTorch ratio. jax and PyTorch windows alternate, so
 load from other processes hits both sides alike.
 
 The jaxres side is the trainer's own code: models.build_model, optim,
-train.create_train_state and train.train_step (segmentation:
-train_seg.train_step with the 'ce' loss), jitted with the trainer's shardings
+train_state.create_train_state and tasks.classification.train_step
+(segmentation: tasks.segmentation.train_step with the 'ce' loss), jitted with the trainer's shardings
 and donate_argnums=(0,), on a synthetic batch already on the device.
 
 Training runs keep compiled steps in the persistent compilation cache
@@ -41,7 +41,6 @@ import argparse
 import datetime
 import functools
 import importlib.util
-import inspect
 import json
 import os
 import platform
@@ -101,8 +100,9 @@ def parse_args(argv=None):
   p.add_argument('--num_devices', type=int, default=None,
                  help='use the first N devices (default: all)')
   p.add_argument('--cpu_threads', type=int, default=None,
-                 help='CPU only: threads for XLA and PyTorch (1 gives stable '
-                 'per-core figures on a shared machine)')
+                 help='CPU only: threads for XLA (CPU affinity while its '
+                 'backend starts) and PyTorch (torch.set_num_threads); works '
+                 'with XLA_FLAGS unset')
   p.add_argument('--torch_channels_last', default='auto',
                  choices=('auto', 'true', 'false'),
                  help='auto: channels_last on GPU only')
@@ -112,6 +112,9 @@ def parse_args(argv=None):
   p.add_argument('--json', default=None, help='write the result here')
   p.add_argument('--table', nargs='+', default=None, metavar='JSON',
                  help='only print the table of these saved results')
+  p.add_argument('--table_format', default='gpu', choices=('gpu', 'cpu'),
+                 help='with --table: the GPU table, or the CPU table of '
+                 'BENCHMARKS.md (threads, load average, CPU-second rates)')
   args = p.parse_args(argv)
   if args.image_size is None:
     args.image_size = MODELS[args.model][1]
@@ -166,13 +169,17 @@ def _import_jaxres():
   if REPO not in sys.path:
     sys.path.insert(0, REPO)
   stubbed = _stub_missing_modules()
-  from jaxres import models, optim, runner, seg_losses, train  # pylint: disable=g-import-not-at-top
-  from jaxres.data import synthetic  # pylint: disable=g-import-not-at-top
-  from jaxres.sharding import DataParallel  # pylint: disable=g-import-not-at-top
+  # pylint: disable=g-import-not-at-top
+  from jaxres import models, optim, runner, seg_losses, train_state
+  from jaxres.data import synthetic
+  from jaxres.sharding import DataParallel
+  from jaxres.tasks import classification, seg_eval, segmentation
+  # pylint: enable=g-import-not-at-top
   return types.SimpleNamespace(
       models=models, optim=optim, runner=runner, seg_losses=seg_losses,
-      train=train, synthetic=synthetic, DataParallel=DataParallel,
-      stubbed=stubbed)
+      train_state=train_state, classification=classification,
+      segmentation=segmentation, seg_eval=seg_eval, synthetic=synthetic,
+      DataParallel=DataParallel, stubbed=stubbed)
 
 
 class _Config(dict):
@@ -196,6 +203,30 @@ def _median_rate(seconds_per_window, images_per_window):
 def _cpu_seconds():
   t = os.times()
   return t.user + t.system
+
+
+def _thread_cpu_ticks():
+  """CPU clock ticks used so far by each thread of this process (Linux)."""
+  ticks = {}
+  try:
+    tids = os.listdir('/proc/self/task')
+  except OSError:
+    return ticks
+  for tid in tids:
+    try:
+      with open(f'/proc/self/task/{tid}/stat') as f:
+        fields = f.read().rsplit(')', 1)[1].split()
+      ticks[tid] = int(fields[11]) + int(fields[12])  # utime + stime
+    except (OSError, IndexError, ValueError):
+      pass
+  return ticks
+
+
+def _busy_threads(before, after, share=0.1):
+  """Threads that did at least `share` of the busiest thread's work."""
+  used = [after[t] - before.get(t, 0) for t in after]
+  top = max(used, default=0)
+  return sum(u >= share * top for u in used) if top else None
 
 
 def _timed(fn):
@@ -230,48 +261,15 @@ def _compiled_bytes(compiled):
 # ---------------------------------------------------------------------------
 
 def _seg_steps(jr, loss_fn, lr_fn, num_classes):
-  """train_seg's steps when importable with the expected signature."""
-  try:
-    from jaxres import train_seg  # pylint: disable=g-import-not-at-top
-    params = inspect.signature(train_seg.train_step).parameters
-    if not {'loss_fn', 'lr_fn', 'num_classes', 'ignore_label',
-            'frozen_backbone', 'backbone_bn_train'} <= set(params):
-      raise ImportError(f'train_seg.train_step signature: {list(params)}')
-    train_fn = functools.partial(
-        train_seg.train_step, loss_fn=loss_fn, lr_fn=lr_fn,
-        num_classes=num_classes, ignore_label=IGNORE_LABEL,
-        frozen_backbone=False, backbone_bn_train=True)
-    eval_fn = functools.partial(
-        train_seg.eval_step, num_classes=num_classes,
-        ignore_label=IGNORE_LABEL, resize_logits=False)
-    return train_fn, eval_fn, 'jaxres.train_seg'
-  except (ImportError, AttributeError) as e:
-    print(f'NOTE: jaxres.train_seg not usable ({e}); inline segmentation step.')
-
-  import jax  # pylint: disable=g-import-not-at-top
-  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-
-  def train_fn(state, batch, rng):
-    step_rng = jax.random.fold_in(rng, state.step)
-
-    def compute_loss(params):
-      logits, updates = state.apply_fn(
-          {'params': params, 'batch_stats': state.batch_stats}, batch['image'],
-          train=True, mutable=['batch_stats'], rngs={'dropout': step_rng})
-      return loss_fn(logits, batch['label'])[0], updates['batch_stats']
-
-    (loss, batch_stats), grads = jax.value_and_grad(
-        compute_loss, has_aux=True)(state.params)
-    state = state.apply_gradients(grads=grads, batch_stats=batch_stats)
-    return state, {'loss': loss}
-
-  def eval_fn(state, batch):
-    logits = state.apply_fn(
-        {'params': state.params, 'batch_stats': state.batch_stats},
-        batch['image'], train=False)
-    return {'predictions': jnp.argmax(logits, -1)}
-
-  return train_fn, eval_fn, 'inline (benchmark.py)'
+  """The segmentation task's own steps (the 'ce' loss, nothing frozen)."""
+  train_fn = functools.partial(
+      jr.segmentation.train_step, loss_fn=loss_fn, lr_fn=lr_fn,
+      num_classes=num_classes, ignore_label=IGNORE_LABEL,
+      frozen_backbone=False, backbone_bn_train=True)
+  eval_fn = functools.partial(
+      jr.seg_eval.eval_step, num_classes=num_classes,
+      ignore_label=IGNORE_LABEL, resize_logits=False)
+  return train_fn, eval_fn, 'jaxres.tasks.segmentation'
 
 
 def setup_jax(args, jr):
@@ -281,24 +279,31 @@ def setup_jax(args, jr):
   task = MODELS[args.model][0]
   seg = task == 'segmentation'
   out = {'stubbed_modules': jr.stubbed}
+  from jaxres.models import layers  # pylint: disable=g-import-not-at-top
+  # jaxres's convolution choices for this platform (JAXRES_*_IMPL).
+  out['depthwise_impl'] = layers.depthwise_impl()
+  out['pointwise_impl'] = layers.pointwise_impl()
   # Cold compile: the persistent cache must not serve this process.
   jax.config.update('jax_enable_compilation_cache', False)
 
   devices = jax.devices()[:args.num_devices]
   dp = jr.DataParallel.create(args.batch_size, devices=devices)
   config = _Config(optimizer='sgd', momentum=MOMENTUM, nesterov=True,
-                   weight_decay=WEIGHT_DECAY, schedule='cosine', losses='ce')
+                   weight_decay=WEIGHT_DECAY, schedule='cosine',
+                   grad_clip_norm=None, losses='ce', loss_weights={},
+                   class_weights=None, focal_gamma=2.0, focal_alpha=None,
+                   dice_smooth=1.0)
   lr_fn = jr.optim.learning_rate_fn(config, BASE_LR, total_steps=100_000,
                                     warmup_steps=500, steps_per_epoch=5000)
   tx = jr.optim.make_optimizer(config, lr_fn)
-  dtype = jr.train.compute_dtype(_Config(dtype=args.dtype))
+  dtype = jr.train_state.compute_dtype(_Config(dtype=args.dtype))
   model = jr.models.build_model(args.model, num_classes=args.num_classes,
                                 dtype=dtype, **args.model_kwargs)
   input_shape = (args.image_size, args.image_size, 3)
   rng = jax.random.key(0)
   init_rng, step_rng = jax.random.split(rng)
   state = jax.jit(
-      functools.partial(jr.train.create_train_state, model, tx,
+      functools.partial(jr.train_state.create_train_state, model, tx,
                         input_shape=input_shape),
       out_shardings=dp.replicated)(init_rng)
   out['num_params'] = int(sum(x.size for x in jax.tree.leaves(state.params)))
@@ -309,11 +314,11 @@ def setup_jax(args, jr):
         jr, loss_fn, lr_fn, args.num_classes)
   else:
     train_fn = functools.partial(
-        jr.train.train_step, num_classes=args.num_classes,
+        jr.classification.train_step, num_classes=args.num_classes,
         label_smoothing=LABEL_SMOOTHING, lr_fn=lr_fn)
-    eval_fn = functools.partial(jr.train.eval_step,
+    eval_fn = functools.partial(jr.classification.eval_step,
                                 num_classes=args.num_classes)
-    out['step_source'] = 'jaxres.train'
+    out['step_source'] = 'jaxres.tasks.classification'
   p_train_step = jax.jit(
       train_fn, in_shardings=(dp.replicated, dp.batch, dp.replicated),
       out_shardings=(dp.replicated, dp.replicated), donate_argnums=(0,))
@@ -532,28 +537,56 @@ def _environment(args):
       'host': platform.node(),
       'jax': jax.__version__,
       'xla_flags': os.environ.get('XLA_FLAGS', ''),
+      'omp_wait_policy': os.environ.get('OMP_WAIT_POLICY'),
       'loadavg_start': os.getloadavg()[0],
   }
 
 
 def _limit_cpu_threads(threads):
-  """XLA:CPU intra-op threads; must run before jax initialises its backend."""
-  flags = os.environ.get('XLA_FLAGS', '')
-  if threads == 1:
-    flags += ' --xla_cpu_multi_thread_eigen=false'
-  flags += f' intra_op_parallelism_threads={threads}'
-  os.environ['XLA_FLAGS'] = flags.strip()
+  """Starts XLA:CPU with `threads` intra-op threads; returns what was done.
+
+  XLA:CPU (jaxlib 0.10.2) has no thread-count flag: `intra_op_parallelism_
+  threads` is not an XLA flag, and --xla_cpu_multi_thread_eigen=false still
+  leaves 2-4 threads computing (checked per thread in /proc). The PJRT CPU
+  client sizes its thread pool from the CPU affinity of the process when the
+  backend starts (tsl MaxParallelism; jax-ml/jax#1539). So the affinity is
+  narrowed to `threads` cores, the backend started, then every thread of the
+  process (XLA's pool included) is allowed on all cores again: `threads`
+  workers that any free core can run, as torch.set_num_threads gives PyTorch.
+  """
+  import jax  # pylint: disable=g-import-not-at-top
+  from jax._src import xla_bridge  # pylint: disable=g-import-not-at-top
+  info = {'requested': threads, 'mechanism': 'cpu affinity at backend start'}
+  if xla_bridge.backends_are_initialized() or not hasattr(
+      os, 'sched_setaffinity'):
+    info['applied'] = False
+    print('NOTE: --cpu_threads ignored for XLA: its backend already started '
+          'in this process, or this OS has no CPU affinity (Linux only).')
+    return info
+  cores = sorted(os.sched_getaffinity(0))
+  os.sched_setaffinity(0, cores[:threads])
+  try:
+    jax.devices()
+  finally:
+    for tid in os.listdir('/proc/self/task'):
+      try:
+        os.sched_setaffinity(int(tid), cores)
+      except OSError:  # A thread that ended meanwhile.
+        pass
+  info['applied'] = True
+  info['cores_at_start'] = min(threads, len(cores))
+  return info
 
 
 def run_benchmark(args):
-  if args.cpu_threads:
-    _limit_cpu_threads(args.cpu_threads)
+  threads = _limit_cpu_threads(args.cpu_threads) if args.cpu_threads else None
   jr = _import_jaxres()
   result = {'model': args.model, 'task': MODELS[args.model][0],
             'batch_size': args.batch_size, 'image_size': args.image_size,
             'dtype': args.dtype, 'input_dtype': args.input_dtype,
             'model_kwargs': args.model_kwargs, 'windows': args.windows,
             'steps_per_window': args.steps, 'env': _environment(args)}
+  result['env']['xla_cpu_threads'] = threads
   sides = {'jax': setup_jax(args, jr)}
   if args.torch != 'none':
     sides['torch'] = setup_torch(args)
@@ -564,11 +597,15 @@ def run_benchmark(args):
     cpu = {name: [] for name in sides}
     for _ in range(count):
       for name, fns in sides.items():
-        c0 = _cpu_seconds()
+        c0, t0 = _cpu_seconds(), _thread_cpu_ticks()
         _, seconds = _timed(lambda f=fns[kind]: f(args.steps))
         wall[name].append(seconds)
         cpu[name].append(_cpu_seconds() - c0)
+        busy_threads.setdefault((name, kind), []).append(
+            _busy_threads(t0, _thread_cpu_ticks()))
     return wall, cpu
+
+  busy_threads = {}
 
   train_wall, train_cpu = windows(0, args.windows)
   eval_wall, eval_cpu = windows(1, args.eval_windows)
@@ -578,6 +615,8 @@ def run_benchmark(args):
     side = finish()
     side['train_window_s'] = train_wall[name]
     side['train_window_cpu_s'] = train_cpu[name]
+    # How many threads computed (checks --cpu_threads took effect).
+    side['train_busy_threads'] = busy_threads.get((name, 0))
     side['eval_window_s'] = eval_wall[name]
     side['train_images_per_s'] = _median_rate(train_wall[name], images)
     side['eval_images_per_s'] = _median_rate(eval_wall[name], images)
@@ -636,6 +675,36 @@ def format_table(results):
   return '\n'.join(lines)
 
 
+def format_cpu_table(results):
+  """The CPU table of BENCHMARKS.md: one row per model and thread count."""
+  header = ('| model | batch | size | threads | load avg (start-end) '
+            '| compile s (lower + XLA) | jaxres train img/s '
+            '| PyTorch train img/s | ratio | jaxres img per CPU-s '
+            '| PyTorch img per CPU-s | ratio (CPU-s) | jaxres eval img/s '
+            '| PyTorch eval img/s | XLA GFLOP per train image |')
+  lines = [header, '|' + '---|' * (header.count('|') - 1)]
+  for r in results:
+    jx, pt, env = r['jax'], r.get('torch') or {}, r['env']
+    threads = (env.get('xla_cpu_threads') or {}).get('requested')
+    flops = jx.get('flops_per_step')
+    lines.append('| ' + ' | '.join([
+        r['model'], str(r['batch_size']), str(r['image_size']),
+        str(threads or 'all'),
+        f"{env['loadavg_start']:.1f}-{env['loadavg_end']:.1f}",
+        f"{jx['lower_s']:.1f} + {jx['compile_s']:.1f}",
+        _fmt(jx['train_images_per_s'], '.2f'),
+        _fmt(pt.get('train_images_per_s'), '.2f'),
+        _fmt(r.get('ratio_train'), '.2f'),
+        _fmt(jx.get('train_images_per_cpu_s'), '.2f'),
+        _fmt(pt.get('train_images_per_cpu_s'), '.2f'),
+        _fmt(r.get('ratio_train_cpu_time'), '.2f'),
+        _fmt(jx['eval_images_per_s'], '.1f'),
+        _fmt(pt.get('eval_images_per_s'), '.1f'),
+        _fmt(flops / r['batch_size'] if flops else None, '.1f', 1e-9),
+    ]) + ' |')
+  return '\n'.join(lines)
+
+
 def _summary(r):
   jx = r['jax']
   lines = [
@@ -654,6 +723,13 @@ def _summary(r):
   lines.append(f"  loss {jx['first_loss']:.3f} -> {jx['last_loss']:.3f}; "
                f"train windows (s): "
                + ', '.join(f'{s:.3f}' for s in jx['train_window_s']))
+  threads = r['env'].get('xla_cpu_threads')
+  if threads:
+    lines.append(
+        f"  threads: requested {threads['requested']}, XLA "
+        f"{'applied' if threads['applied'] else 'NOT applied'}; busy threads "
+        f"per train window: jaxres {jx.get('train_busy_threads')}, PyTorch "
+        f"{(r.get('torch') or {}).get('train_busy_threads')}")
   if 'torch' in r:
     pt = r['torch']
     lines.append(f"  PyTorch {pt['version']} {pt['mode']} on {pt['device']}, "
@@ -673,7 +749,8 @@ def main(argv=None):
         loaded = json.load(f)
       loaded = loaded if isinstance(loaded, list) else [loaded]
       results.extend(r for r in loaded if 'jax' in r)  # Skip other JSON.
-    print(format_table(results))
+    print(format_cpu_table(results) if args.table_format == 'cpu'
+          else format_table(results))
     return results
   result = run_benchmark(args)
   if args.json:

@@ -1,31 +1,48 @@
-r"""Images/s of the ImageNet training input pipeline, per CPU core.
+r"""Input pipelines side by side, per CPU core: jaxres against PyTorch.
 
-Writes generated JPEGs of ImageNet-like size (500x375 and similar, quality 90,
-about 100 KB each; real ImageNet train JPEGs average ~110 KB) as TFRecord
-shards of tf.train.Example {'image': encoded bytes, 'label': int64}, the
-layout TFDS's imagenet2012 files have, then reads them the way
-jaxres.data.imagenet's training pipeline does: interleaved shards, shuffle,
-enumerate, map(imagenet.preprocess_for_train) (decode the random crop window,
-flip, bicubic resize, normalise), batch, prefetch, with the same tf.data
-options. Only the record source differs (no TFDS builder), which costs little
-next to JPEG decoding.
+One run, the same generated JPEGs for all four pipelines:
 
-For each tf.data thread count (private thread pool size, intra-op
-parallelism 1) it reports wall-clock images/s and images per CPU-second of
-this process. The latter is the per-core rate, and moves little when other
-processes share the machine: cores needed to feed a GPU = GPU images/s /
-(images per CPU-second).
+  classification (224x224 float32 batches of 64):
+    jaxres   jaxres.data.imagenet's training pipeline: TFRecord shards of
+             tf.train.Example {'image', 'label'} as TFDS writes them, read the
+             way imagenet.train_iterator does (interleave, shuffle, enumerate,
+             map(imagenet.preprocess_for_train): decode only the random crop
+             window, flip, bicubic resize, normalise; batch, prefetch).
+    PyTorch  torch.utils.data.DataLoader over the same JPEGs as files, doing
+             what torchvision's ImageFolder + RandomResizedCrop(224) +
+             RandomHorizontalFlip + ToTensor + Normalize do, written with PIL
+             and numpy (torchvision does not import here): pil_loader, the
+             get_params crop sampler, PIL crop + bilinear resize, flip,
+             HWC uint8 -> CHW float / 255, per-channel normalise, default
+             collate.
+  segmentation (512x512 crops, batches of 16, random scale 0.5-2.0):
+    jaxres   jaxres.data.segmentation on a VOC-style folder of the same
+             JPEGs plus PNG masks: get_segmentation_datasets(...).
+             train_iter_fn(0) (decode once, resize only the crop window).
+    PyTorch  the transforms of torchvision's references/segmentation (also
+             the layout of the common DeepLab repositories): PIL open, resize
+             the whole image (bilinear) and mask (nearest) by the random
+             scale, pad to the crop (image 0, mask 255), random crop, flip,
+             to tensor, normalise; DataLoader workers.
 
-Needs TensorFlow (not on the GPU image; run it on a CPU host).
+Workers: tf.data private thread pool / jaxres data threads / DataLoader
+worker processes, one count per run (--workers=1,2). Reported per pipeline:
+wall images/s and images per CPU-second of this process plus its live child
+processes (DataLoader workers), i.e. per core. The per-core rate moves little
+when other processes share the machine.
 
-Example (BENCHMARKS.md, about 2 minutes on 2 cores):
-  python experiments/input_pipeline_benchmark.py --threads=1,2 --batches=20
+Needs TensorFlow (the jaxres ImageNet side), PIL, numpy, torch.
+
+Example (BENCHMARKS.md, about 3 minutes on 2 cores):
+  python experiments/input_pipeline_benchmark.py --workers=1,2 \
+      --json=experiments/results/cpu_input_pipelines.json
 """
 import argparse
 import datetime
 import io
 import json
 import os
+import random
 import shutil
 import statistics
 import sys
@@ -35,8 +52,13 @@ import time
 import numpy as np
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# Common ImageNet shapes (width, height); most train images are 500 wide.
+# Common ImageNet shapes (width, height); most train images are 500 wide
+# (PASCAL VOC images are about the same size).
 SIZES = ((500, 375), (375, 500), (500, 333), (500, 400), (400, 300))
+MEAN = np.array([0.485, 0.456, 0.406], np.float32)
+STD = np.array([0.229, 0.224, 0.225], np.float32)
+NUM_SEG_CLASSES = 21
+PIPELINES = ('jaxres_imagenet', 'torch_imagenet', 'jaxres_seg', 'torch_seg')
 
 
 def parse_args(argv=None):
@@ -46,20 +68,32 @@ def parse_args(argv=None):
   p.add_argument('--num_shards', type=int, default=4)
   p.add_argument('--quality', type=int, default=90)
   p.add_argument('--image_size', type=int, default=224)
-  p.add_argument('--dtype', default='float32', choices=('float32', 'bfloat16'))
   p.add_argument('--batch_size', type=int, default=64)
-  p.add_argument('--threads', default='1,2',
-                 help='comma-separated tf.data thread counts')
-  p.add_argument('--warmup_batches', type=int, default=3)
-  p.add_argument('--batches', type=int, default=20, help='timed batches')
+  p.add_argument('--crop_size', type=int, default=512)
+  p.add_argument('--seg_batch_size', type=int, default=16)
+  p.add_argument('--scale_range', default='0.5,2.0')
+  p.add_argument('--workers', default='1,2',
+                 help='comma-separated worker counts (threads or processes)')
+  p.add_argument('--pipelines', default=','.join(PIPELINES))
+  p.add_argument('--warmup_images', type=int, default=128)
+  p.add_argument('--images', type=int, default=640,
+                 help='images per timed window')
   p.add_argument('--windows', type=int, default=3,
-                 help='timed windows per thread count (median)')
+                 help='timed windows per pipeline and worker count (median)')
   p.add_argument('--target_images_per_s', default='3000,7800',
                  help='GPU rates to size the CPU count for')
   p.add_argument('--workdir', default=None, help='default: a temp dir')
   p.add_argument('--json', default=None)
-  return p.parse_args(argv)
+  args = p.parse_args(argv)
+  args.scale_range = tuple(float(v) for v in args.scale_range.split(','))
+  args.workers = [int(w) for w in args.workers.split(',')]
+  args.pipelines = args.pipelines.split(',')
+  return args
 
+
+# ---------------------------------------------------------------------------
+# The generated data: JPEG files, the same bytes in TFRecords, VOC masks.
+# ---------------------------------------------------------------------------
 
 def _tf():
   os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
@@ -84,15 +118,37 @@ def make_image(rng, width, height):
   return np.uint8(np.clip(image, 0, 255))
 
 
-def write_shards(workdir, num_images, num_shards, quality, seed=0):
-  """TFRecord shards of {'image': JPEG bytes, 'label': int64}; mean bytes."""
+def make_mask(rng, width, height):
+  """Class-index mask: a few random rectangles and ellipses, 255 borders."""
+  yy, xx = np.mgrid[:height, :width]
+  mask = np.zeros((height, width), np.uint8)
+  for _ in range(int(rng.integers(1, 5))):
+    cls = int(rng.integers(1, NUM_SEG_CLASSES))
+    cy, cx = rng.uniform(0, height), rng.uniform(0, width)
+    ry, rx = rng.uniform(20, height / 2), rng.uniform(20, width / 2)
+    inside = ((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2 <= 1
+    mask[inside] = cls
+    border = inside & (((yy - cy) / (ry + 3)) ** 2
+                       + ((xx - cx) / (rx + 3)) ** 2 > 0.85)
+    mask[border] = 255
+  return mask
+
+
+def write_data(workdir, num_images, num_shards, quality, seed=0):
+  """JPEG files (VOC layout, with masks) and TFRecord shards of the same bytes.
+
+  Returns (jpeg paths, tfrecord paths, voc root, mean JPEG bytes).
+  """
   tf = _tf()
   from PIL import Image  # pylint: disable=g-import-not-at-top
   rng = np.random.default_rng(seed)
-  paths = [os.path.join(workdir, f'train.tfrecord-{i:05d}-of-{num_shards:05d}')
-           for i in range(num_shards)]
-  writers = [tf.io.TFRecordWriter(p) for p in paths]
-  sizes = []
+  voc = os.path.join(workdir, 'voc')
+  for sub in ('JPEGImages', 'SegmentationClass', 'ImageSets/Segmentation'):
+    os.makedirs(os.path.join(voc, sub), exist_ok=True)
+  shards = [os.path.join(workdir, f'train.tfrecord-{i:05d}-of-{num_shards:05d}')
+            for i in range(num_shards)]
+  writers = [tf.io.TFRecordWriter(p) for p in shards]
+  jpegs, sizes, ids = [], [], []
   for i in range(num_images):
     width, height = SIZES[i % len(SIZES)]
     buf = io.BytesIO()
@@ -100,6 +156,14 @@ def write_shards(workdir, num_images, num_shards, quality, seed=0):
         buf, format='JPEG', quality=quality)
     data = buf.getvalue()
     sizes.append(len(data))
+    name = f'img_{i:05d}'
+    ids.append(name)
+    path = os.path.join(voc, 'JPEGImages', name + '.jpg')
+    with open(path, 'wb') as f:
+      f.write(data)
+    jpegs.append(path)
+    Image.fromarray(make_mask(rng, width, height)).save(
+        os.path.join(voc, 'SegmentationClass', name + '.png'))
     example = tf.train.Example(features=tf.train.Features(feature={
         'image': tf.train.Feature(bytes_list=tf.train.BytesList(value=[data])),
         'label': tf.train.Feature(
@@ -108,10 +172,19 @@ def write_shards(workdir, num_images, num_shards, quality, seed=0):
     writers[i % num_shards].write(example.SerializeToString())
   for w in writers:
     w.close()
-  return paths, float(np.mean(sizes))
+  for split, split_ids in (('train', ids), ('val', ids[:8])):
+    with open(os.path.join(voc, 'ImageSets/Segmentation', split + '.txt'),
+              'w') as f:
+      f.write('\n'.join(split_ids) + '\n')
+  return jpegs, shards, voc, float(np.mean(sizes))
 
 
-def train_dataset(paths, *, threads, batch_size, image_size, dtype, seed=0):
+# ---------------------------------------------------------------------------
+# jaxres pipelines.
+# ---------------------------------------------------------------------------
+
+def jaxres_imagenet(paths, *, threads, batch_size, image_size, dtype='float32',
+                    seed=0):
   """jaxres.data.imagenet's training pipeline over the generated shards."""
   tf = _tf()
   if REPO not in sys.path:
@@ -145,79 +218,309 @@ def train_dataset(paths, *, threads, batch_size, image_size, dtype, seed=0):
   return ds.prefetch(tf.data.AUTOTUNE).with_options(options)
 
 
-def _cpu_seconds():
+def jaxres_imagenet_batches(paths, workers, args):
+  ds = jaxres_imagenet(paths, threads=workers, batch_size=args.batch_size,
+                       image_size=args.image_size)
+  return ds.as_numpy_iterator(), args.batch_size
+
+
+def jaxres_seg_batches(voc_root, workers, args):
+  """jaxres.data.segmentation's training batches over the VOC folder."""
+  if REPO not in sys.path:
+    sys.path.insert(0, REPO)
+  from configs import segmentation_common  # pylint: disable=g-import-not-at-top
+  from jaxres.data import segmentation  # pylint: disable=g-import-not-at-top
+  config = segmentation_common.segmentation_config()
+  config.dataset = 'voc'
+  config.data_dir = voc_root
+  config.num_classes = NUM_SEG_CLASSES
+  config.crop_size = args.crop_size
+  config.scale_range = args.scale_range
+  config.batch_size = args.seg_batch_size  # Global = this process's.
+  config.eval_batch_size = args.seg_batch_size
+  config.data_workers = workers
+  config.label_check_files = 8
+  data = segmentation.get_segmentation_datasets(config, seed=0)
+  # The one line to change if the dataset object's API changes.
+  return data.train_iter_fn(0), args.seg_batch_size
+
+
+# ---------------------------------------------------------------------------
+# PyTorch pipelines (torchvision's transforms, written with PIL and numpy).
+# ---------------------------------------------------------------------------
+
+def pil_loader(path):
+  """torchvision.datasets.folder.pil_loader."""
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  with open(path, 'rb') as f:
+    img = Image.open(f)
+    return img.convert('RGB')
+
+
+def random_resized_crop_params(width, height, scale=(0.08, 1.0),
+                               ratio=(3 / 4, 4 / 3)):
+  """torchvision RandomResizedCrop.get_params: (top, left, h, w)."""
+  area = height * width
+  log_ratio = (np.log(ratio[0]), np.log(ratio[1]))
+  for _ in range(10):
+    target_area = area * random.uniform(*scale)
+    aspect = np.exp(random.uniform(*log_ratio))
+    w = int(round(np.sqrt(target_area * aspect)))
+    h = int(round(np.sqrt(target_area / aspect)))
+    if 0 < w <= width and 0 < h <= height:
+      return random.randint(0, height - h), random.randint(0, width - w), h, w
+  in_ratio = width / height
+  if in_ratio < min(ratio):
+    w, h = width, int(round(width / min(ratio)))
+  elif in_ratio > max(ratio):
+    h, w = height, int(round(height * max(ratio)))
+  else:
+    w, h = width, height
+  return (height - h) // 2, (width - w) // 2, h, w
+
+
+def to_tensor_normalized(img):
+  """ToTensor (CHW float in [0, 1]) then Normalize(mean, std)."""
+  import torch  # pylint: disable=g-import-not-at-top
+  x = torch.from_numpy(np.array(img)).permute(2, 0, 1).contiguous()
+  x = x.float().div(255)
+  mean = torch.as_tensor(MEAN).view(-1, 1, 1)
+  std = torch.as_tensor(STD).view(-1, 1, 1)
+  return x.sub_(mean).div_(std)
+
+
+class TorchImageFolderTrain:
+  """ImageFolder-style dataset with the standard ImageNet train transform."""
+
+  def __init__(self, paths, image_size):
+    self.paths, self.image_size = paths, image_size
+
+  def __len__(self):
+    return len(self.paths)
+
+  def __getitem__(self, index):
+    from PIL import Image  # pylint: disable=g-import-not-at-top
+    img = pil_loader(self.paths[index])
+    top, left, h, w = random_resized_crop_params(*img.size)
+    img = img.crop((left, top, left + w, top + h)).resize(
+        (self.image_size, self.image_size), Image.BILINEAR)
+    if random.random() < 0.5:
+      img = img.transpose(Image.FLIP_LEFT_RIGHT)
+    return to_tensor_normalized(img), index % 1000
+
+
+class TorchSegTrain:
+  """references/segmentation: RandomResize, RandomHorizontalFlip, RandomCrop
+  (pad_if_smaller), PILToTensor + ToDtype, Normalize."""
+
+  def __init__(self, voc_root, crop_size, scale_range):
+    names = sorted(os.listdir(os.path.join(voc_root, 'JPEGImages')))
+    self.items = [(os.path.join(voc_root, 'JPEGImages', n),
+                   os.path.join(voc_root, 'SegmentationClass',
+                                n[:-4] + '.png')) for n in names]
+    self.crop, self.scale_range = crop_size, scale_range
+
+  def __len__(self):
+    return len(self.items)
+
+  def __getitem__(self, index):
+    import torch  # pylint: disable=g-import-not-at-top
+    from PIL import Image  # pylint: disable=g-import-not-at-top
+    image_path, mask_path = self.items[index]
+    image = pil_loader(image_path)
+    target = Image.open(mask_path)
+    scale = random.uniform(*self.scale_range)
+    size = (max(1, round(image.width * scale)),
+            max(1, round(image.height * scale)))
+    image = image.resize(size, Image.BILINEAR)
+    target = target.resize(size, Image.NEAREST)
+    if random.random() < 0.5:
+      image = image.transpose(Image.FLIP_LEFT_RIGHT)
+      target = target.transpose(Image.FLIP_LEFT_RIGHT)
+    if min(image.size) < self.crop:  # pad_if_smaller (right and bottom).
+      padded = (max(image.width, self.crop), max(image.height, self.crop))
+      canvas = Image.new('RGB', padded, 0)
+      canvas.paste(image, (0, 0))
+      image = canvas
+      canvas = Image.new('L', padded, 255)
+      canvas.paste(target, (0, 0))
+      target = canvas
+    top = random.randint(0, image.height - self.crop)
+    left = random.randint(0, image.width - self.crop)
+    box = (left, top, left + self.crop, top + self.crop)
+    image, target = image.crop(box), target.crop(box)
+    return (to_tensor_normalized(image),
+            torch.as_tensor(np.array(target), dtype=torch.int64))
+
+
+def _seed_worker(worker_id):
+  random.seed(1000 + worker_id)
+
+
+def _torch_batches(dataset, workers, batch_size):
+  import torch  # pylint: disable=g-import-not-at-top
+  torch.set_num_threads(1)
+  loader = torch.utils.data.DataLoader(
+      dataset, batch_size=batch_size, shuffle=True, num_workers=workers,
+      drop_last=True, persistent_workers=True, prefetch_factor=2,
+      worker_init_fn=_seed_worker,
+      generator=torch.Generator().manual_seed(0))
+
+  def forever():
+    while True:
+      yield from loader
+
+  return forever(), batch_size
+
+
+def torch_imagenet_batches(jpegs, workers, args):
+  return _torch_batches(TorchImageFolderTrain(jpegs, args.image_size),
+                        workers, args.batch_size)
+
+
+def torch_seg_batches(voc_root, workers, args):
+  return _torch_batches(
+      TorchSegTrain(voc_root, args.crop_size, args.scale_range), workers,
+      args.seg_batch_size)
+
+
+# ---------------------------------------------------------------------------
+# Measurement.
+# ---------------------------------------------------------------------------
+
+def _tree_cpu_seconds():
+  """CPU seconds of this process and its live descendants (DataLoader workers).
+
+  os.times() counts children only once they are reaped; persistent workers
+  live through the windows, so they are read from /proc.
+  """
   t = os.times()
-  return t.user + t.system
+  total = t.user + t.system
+  tick = os.sysconf('SC_CLK_TCK')
+  parents = {}
+  for pid in os.listdir('/proc'):
+    if not pid.isdigit():
+      continue
+    try:
+      with open(f'/proc/{pid}/stat') as f:
+        fields = f.read().rsplit(')', 1)[1].split()
+      parents[int(pid)] = (int(fields[1]), int(fields[11]) + int(fields[12]))
+    except (OSError, IndexError, ValueError):
+      pass
+  tree, frontier = set(), {os.getpid()}
+  while frontier:
+    frontier = {p for p, (pp, _) in parents.items()
+                if pp in frontier and p not in tree}
+    tree |= frontier
+  return total + sum(parents[p][1] for p in tree) / tick
 
 
-def measure(ds, *, warmup_batches, batches, windows, batch_size):
-  it = ds.as_numpy_iterator()
-  for _ in range(warmup_batches):
-    next(it)
+def _image_of(batch):
+  if isinstance(batch, dict):
+    return np.asarray(batch['image'])
+  return batch[0].numpy()
+
+
+def measure(batches, batch_size, *, warmup_images, images, windows):
+  for _ in range(max(1, warmup_images // batch_size)):
+    batch = next(batches)
+  n = max(1, images // batch_size)
   wall, cpu = [], []
   for _ in range(windows):
-    c0, t0 = _cpu_seconds(), time.perf_counter()
-    for _ in range(batches):
-      batch = next(it)
+    c0, t0 = _tree_cpu_seconds(), time.perf_counter()
+    for _ in range(n):
+      batch = next(batches)
     wall.append(time.perf_counter() - t0)
-    cpu.append(_cpu_seconds() - c0)
-  assert batch['image'].shape[0] == batch_size
-  assert np.isfinite(batch['image'].astype(np.float32)).all()
-  images = batches * batch_size
-  return {'images_per_s': images / statistics.median(wall),
-          'images_per_cpu_s': images / statistics.median(cpu),
-          'window_s': wall, 'window_cpu_s': cpu}
+    cpu.append(_tree_cpu_seconds() - c0)
+  image = _image_of(batch)
+  assert image.shape[0] == batch_size and np.isfinite(image).all()
+  return {'images_per_s': n * batch_size / statistics.median(wall),
+          'images_per_cpu_s': n * batch_size / statistics.median(cpu),
+          'window_s': wall, 'window_cpu_s': cpu,
+          'batch_shape': list(image.shape)}
 
 
 def main(argv=None):
   args = parse_args(argv)
-  tf = _tf()
   workdir = args.workdir or tempfile.mkdtemp(prefix='jaxres_jpegs_')
   os.makedirs(workdir, exist_ok=True)
   try:
-    return _run(args, tf, workdir)
+    return _run(args, workdir)
   finally:
     if not args.workdir:
       shutil.rmtree(workdir, ignore_errors=True)
 
 
-def _run(args, tf, workdir):
+def _run(args, workdir):
+  tf = _tf()
+  import PIL  # pylint: disable=g-import-not-at-top
+  import torch  # pylint: disable=g-import-not-at-top
   t0 = time.perf_counter()
-  paths, mean_bytes = write_shards(workdir, args.num_images, args.num_shards,
-                                   args.quality)
+  jpegs, shards, voc_root, mean_bytes = write_data(
+      workdir, args.num_images, args.num_shards, args.quality)
   result = {
       'date': datetime.date.today().isoformat(), 'cpu_count': os.cpu_count(),
-      'tensorflow': tf.__version__, 'num_images': args.num_images,
+      'tensorflow': tf.__version__, 'torch': torch.__version__,
+      'pillow': PIL.__version__, 'num_images': args.num_images,
       'mean_jpeg_bytes': mean_bytes, 'quality': args.quality,
-      'image_size': args.image_size, 'dtype': args.dtype,
-      'batch_size': args.batch_size, 'loadavg_start': os.getloadavg()[0],
-      'write_s': time.perf_counter() - t0, 'runs': []}
+      'image_size': args.image_size, 'batch_size': args.batch_size,
+      'crop_size': args.crop_size, 'seg_batch_size': args.seg_batch_size,
+      'scale_range': args.scale_range, 'write_s': time.perf_counter() - t0,
+      'runs': []}
   print(f'{args.num_images} JPEGs, mean {mean_bytes / 1e3:.0f} kB')
-  for threads in (int(t) for t in args.threads.split(',')):
-    ds = train_dataset(paths, threads=threads, batch_size=args.batch_size,
-                       image_size=args.image_size, dtype=args.dtype)
-    run = measure(ds, warmup_batches=args.warmup_batches,
-                  batches=args.batches, windows=args.windows,
-                  batch_size=args.batch_size)
-    run['threads'] = threads
-    result['runs'].append(run)
-    print(f"threads {threads}: {run['images_per_s']:.0f} img/s wall, "
-          f"{run['images_per_cpu_s']:.0f} img per CPU-second")
-  result['loadavg_end'] = os.getloadavg()[0]
-
-  per_core = max(r['images_per_cpu_s'] for r in result['runs'])
-  print('\n| tf.data threads | img/s (wall) | img per CPU-second |')
-  print('|---|---|---|')
-  for r in result['runs']:
-    print(f"| {r['threads']} | {r['images_per_s']:.0f} | "
-          f"{r['images_per_cpu_s']:.0f} |")
+  makers = {
+      'jaxres_imagenet': lambda w: jaxres_imagenet_batches(shards, w, args),
+      'torch_imagenet': lambda w: torch_imagenet_batches(jpegs, w, args),
+      'jaxres_seg': lambda w: jaxres_seg_batches(voc_root, w, args),
+      'torch_seg': lambda w: torch_seg_batches(voc_root, w, args),
+  }
+  for workers in args.workers:
+    for name in args.pipelines:
+      load = os.getloadavg()[0]
+      batches, batch_size = makers[name](workers)
+      run = measure(batches, batch_size, warmup_images=args.warmup_images,
+                    images=args.images, windows=args.windows)
+      del batches  # Ends DataLoader workers before the next pipeline.
+      run.update(pipeline=name, workers=workers, loadavg_start=load,
+                 loadavg_end=os.getloadavg()[0])
+      result['runs'].append(run)
+      print(f"{name} workers {workers}: {run['images_per_s']:.0f} img/s wall, "
+            f"{run['images_per_cpu_s']:.0f} img per CPU-second "
+            f"(load {load:.1f})", flush=True)
+  print()
+  print(format_table(result))
+  imagenet = [r['images_per_cpu_s'] for r in result['runs']
+              if r['pipeline'] == 'jaxres_imagenet']
   for target in (float(t) for t in args.target_images_per_s.split(',')):
-    print(f'Feeding {target:,.0f} img/s needs about {target / per_core:.0f} '
-          'such cores.')
+    if imagenet:
+      print(f'Feeding {target:,.0f} img/s needs about '
+            f'{target / max(imagenet):.0f} cores like these (jaxres ImageNet).')
   if args.json:
     with open(args.json, 'w') as f:
       json.dump(result, f, indent=2)
   return result
+
+
+def format_table(result):
+  runs = {(r['pipeline'], r['workers']): r for r in result['runs']}
+  lines = ['| task | workers | jaxres img/s | PyTorch img/s | jaxres img per '
+           'CPU-s | PyTorch img per CPU-s | per-core ratio | load avg |',
+           '|---|---|---|---|---|---|---|---|']
+  for task in ('imagenet', 'seg'):
+    for workers in sorted({w for _, w in runs}):
+      jx = runs.get((f'jaxres_{task}', workers))
+      pt = runs.get((f'torch_{task}', workers))
+      if not jx and not pt:
+        continue
+      fmt = lambda r, k: f'{r[k]:.0f}' if r else 'n/a'
+      ratio = (f"{jx['images_per_cpu_s'] / pt['images_per_cpu_s']:.2f}"
+               if jx and pt else 'n/a')
+      loads = [f"{r['loadavg_start']:.1f}" for r in (jx, pt) if r]
+      lines.append(
+          f"| {task} | {workers} | {fmt(jx, 'images_per_s')} | "
+          f"{fmt(pt, 'images_per_s')} | {fmt(jx, 'images_per_cpu_s')} | "
+          f"{fmt(pt, 'images_per_cpu_s')} | {ratio} | {', '.join(loads)} |")
+  return '\n'.join(lines)
 
 
 if __name__ == '__main__':

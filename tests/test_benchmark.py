@@ -3,6 +3,7 @@ import importlib.util
 import json
 import math
 import os
+import subprocess
 import sys
 
 import pytest
@@ -35,7 +36,7 @@ def test_benchmark_runs_jax_and_torch(tmp_path, capsys):
       '--steps=1', '--eval_windows=1', '--peak_tflops=1', f'--json={out}'])
 
   jx, pt = result['jax'], result['torch']
-  assert jx['step_source'] == 'jaxres.train'
+  assert jx['step_source'] == 'jaxres.tasks.classification'
   for key in ('lower_s', 'compile_s', 'first_step_s', 'train_images_per_s',
               'eval_images_per_s', 'flops_per_step', 'achieved_tflops', 'mfu',
               'first_loss', 'last_loss'):
@@ -53,9 +54,46 @@ def test_benchmark_runs_jax_and_torch(tmp_path, capsys):
   printed = capsys.readouterr().out
   assert '| resnet18 | 2 | 32 | float32 |' in printed
 
-  # The table mode reads saved results back.
+  # The table mode reads saved results back, in either layout.
   benchmark.main(['--table', str(out)])
   assert '| resnet18 |' in capsys.readouterr().out
+  benchmark.main(['--table', str(out), '--table_format=cpu'])
+  assert '| resnet18 | 2 | 32 | 1 |' in capsys.readouterr().out
+
+
+_THREADS_SCRIPT = """
+import importlib.util, json, os, sys
+spec = importlib.util.spec_from_file_location('benchmark', sys.argv[1])
+benchmark = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(benchmark)
+info = benchmark._limit_cpu_threads(1)
+import jax, jax.numpy as jnp
+f = jax.jit(lambda a: (a @ a).sum())
+a = jnp.ones((768, 768))
+f(a).block_until_ready()
+before = benchmark._thread_cpu_ticks()
+for _ in range(40):
+  f(a).block_until_ready()
+busy = benchmark._busy_threads(before, benchmark._thread_cpu_ticks())
+print(json.dumps(dict(info, busy=busy, xla_flags=os.environ.get('XLA_FLAGS'),
+                      affinity=len(os.sched_getaffinity(0)))))
+"""
+
+
+@pytest.mark.skipif(not hasattr(os, 'sched_setaffinity'),
+                    reason='needs Linux CPU affinity')
+def test_cpu_threads_with_xla_flags_unset():
+  """--cpu_threads=1 starts XLA with one compute thread and no XLA flag (it
+  used to abort: a bare token in XLA_FLAGS), and gives the cores back."""
+  env = {k: v for k, v in os.environ.items() if k != 'XLA_FLAGS'}
+  out = subprocess.run(
+      [sys.executable, '-c', _THREADS_SCRIPT,
+       os.path.join(REPO, 'experiments', 'benchmark.py')],
+      env=env, capture_output=True, text=True, timeout=120, check=True)
+  info = json.loads(out.stdout.strip().splitlines()[-1])
+  assert info['applied'] and info['xla_flags'] is None
+  assert info['affinity'] == len(os.sched_getaffinity(0))
+  assert info['busy'] == 1, info
 
 
 def test_stub_only_for_missing_modules():

@@ -44,6 +44,7 @@ class InvertedResidual(nn.Module):
   expand_ratio: int
   conv: ModuleDef
   norm: ModuleDef
+  depthwise_conv: ModuleDef
   strides: int = 1
   dilation: int = 1
   use_residual: bool = False
@@ -58,9 +59,9 @@ class InvertedResidual(nn.Module):
       y = self.conv(hidden, (1, 1), padding='VALID', name='conv_0_0')(y)
       y = nn.relu6(self.norm(name='conv_0_1')(y))
       i = 1
-    y = self.conv(hidden, (3, 3), (s, s), padding=layers.padding(3, d),
-                  kernel_dilation=(d, d), feature_group_count=hidden,
-                  name=f'conv_{i}_0')(y)
+    # Parameters as nn.Conv(hidden, (3, 3), feature_group_count=hidden).
+    y = self.depthwise_conv((3, 3), (s, s), padding=layers.padding(3, d),
+                            kernel_dilation=(d, d), name=f'conv_{i}_0')(y)
     y = nn.relu6(self.norm(name=f'conv_{i}_1')(y))
     y = self.conv(self.features, (1, 1), padding='VALID', name=f'conv_{i + 1}')(y)
     y = self.norm(name=f'conv_{i + 2}')(y)
@@ -85,6 +86,7 @@ class MobileNetV2(nn.Module):
     layers.check_output_stride(self.output_stride)
     conv = layers.make_conv(self.dtype, self.param_dtype)
     norm = layers.make_norm(train, self.dtype, self.param_dtype)
+    depthwise_conv = layers.make_depthwise_conv(self.dtype, self.param_dtype)
 
     x = conv(make_divisible(32 * self.width_mult), (3, 3), (2, 2),
              padding=layers.padding(3), name='features_0_0')(x)
@@ -100,7 +102,8 @@ class MobileNetV2(nn.Module):
       # Decided on the nominal stride, as torchvision builds the block before
       # any dilation is applied.
       use_residual = nominal_stride == 1 and x.shape[-1] == c
-      x = InvertedResidual(c, t, conv=conv, norm=norm, strides=s, dilation=d,
+      x = InvertedResidual(c, t, conv=conv, norm=norm,
+                           depthwise_conv=depthwise_conv, strides=s, dilation=d,
                            use_residual=use_residual, name=f'features_{k}')(x)
       if k in FEATURE_BLOCKS:
         features[FEATURE_BLOCKS[k]] = x
