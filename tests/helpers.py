@@ -58,3 +58,19 @@ def assert_trees_equal(a, b):
   assert ta == tb
   for x, y in zip(la, lb):
     np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+def checkpoint_steps(workdir):
+  """The step numbers of a run's committed checkpoints, sorted."""
+  return sorted(int(s) for s in os.listdir(os.path.join(workdir, 'checkpoints'))
+                if s.isdigit())
+
+
+def truncate_checkpoint(workdir, step):
+  """Truncates every data file of a checkpoint's state (a damaged disk)."""
+  state_dir = os.path.join(workdir, 'checkpoints', str(step), 'state')
+  for root, _, files in os.walk(state_dir):
+    for name in files:
+      if name != '_CHECKPOINT_METADATA':
+        with open(os.path.join(root, name), 'r+b') as f:
+          f.truncate(3)

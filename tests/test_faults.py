@@ -68,13 +68,7 @@ def test_signal_saves_and_exits_cleanly(tmp_path, reference_run, signum, code,
 def test_corrupt_latest_checkpoint_falls_back(tmp_path, reference_run):
   workdir = str(tmp_path)
   helpers.run_main(workdir)
-  # Truncate every data file of the newest checkpoint (8).
-  state_dir = os.path.join(workdir, 'checkpoints', '8', 'state')
-  for root, _, files in os.walk(state_dir):
-    for name in files:
-      if name != '_CHECKPOINT_METADATA':
-        with open(os.path.join(root, name), 'r+b') as f:
-          f.truncate(3)
+  helpers.truncate_checkpoint(workdir, 8)  # The newest checkpoint.
   proc = helpers.run_main(workdir)
   assert 'step 8' in proc.stderr and 'unreadable' in proc.stderr
   assert 'Restored checkpoint step 6' in proc.stderr

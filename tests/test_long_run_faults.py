@@ -27,11 +27,6 @@ def _config(**overrides):
   return c
 
 
-def _steps(workdir):
-  return sorted(int(s) for s in os.listdir(os.path.join(workdir, 'checkpoints'))
-                if s.isdigit())
-
-
 def _flip_one_bit_of_the_largest_array_file(step_dir):
   files = [os.path.join(root, f) for root, _, names in os.walk(step_dir)
            for f in names if not f.startswith('_') and not f.endswith('.json')
@@ -65,7 +60,7 @@ def test_checksums_catch_a_flipped_bit(tmp_path, capsys):
 
   # Training sets it aside (kept), falls back to step 2 and trains on.
   runner.run(_config(num_train_steps=6), workdir)
-  assert _steps(workdir) == [2, 4, 6]
+  assert helpers.checkpoint_steps(workdir) == [2, 4, 6]
   assert [n for n in os.listdir(os.path.join(workdir, 'checkpoints'))
           if n.startswith('4.unreadable')]
 
@@ -88,7 +83,7 @@ def test_second_run_on_a_workdir_is_refused(tmp_path):
   assert f'pid {first.pid}' in second.stderr
   first.communicate(timeout=300)
   assert first.returncode == 0
-  assert _steps(workdir)[-1] == 40 and not os.path.exists(lock)
+  assert helpers.checkpoint_steps(workdir)[-1] == 40 and not os.path.exists(lock)
 
 
 def test_a_dead_runs_lock_is_taken_over(tmp_path):
@@ -110,13 +105,13 @@ def test_changed_hyperparameters_need_a_flag(tmp_path, capsys):
   assert e.value.code == 2
   err = capsys.readouterr().err
   assert 'learning_rate' in err and 'allow_hparam_changes' in err
-  assert _steps(workdir) == [2]
+  assert helpers.checkpoint_steps(workdir) == [2]
   runner.run(_config(num_train_steps=4, learning_rate=0.05,
                      allow_hparam_changes=True), workdir)
-  assert _steps(workdir) == [2, 4]
+  assert helpers.checkpoint_steps(workdir) == [2, 4]
   # A longer schedule alone is not a change of hyperparameters.
   runner.run(_config(num_train_steps=6, learning_rate=0.05), workdir)
-  assert _steps(workdir)[-1] == 6
+  assert helpers.checkpoint_steps(workdir)[-1] == 6
 
 
 def test_disk_full_is_one_clear_message(tmp_path, capsys, monkeypatch):
@@ -135,10 +130,10 @@ def test_disk_full_is_one_clear_message(tmp_path, capsys, monkeypatch):
   err = capsys.readouterr().err
   assert 'step 4' in err and 'disk is full' in err and 'free space' in err
   assert 'latest is step 2' in err and err.count('\n') <= 2
-  assert _steps(workdir) == [2]
+  assert helpers.checkpoint_steps(workdir) == [2]
   monkeypatch.setattr(ckpt_lib, 'save', real_save)
   runner.run(_config(), workdir)  # After freeing space: resumes.
-  assert _steps(workdir) == [2, 4]
+  assert helpers.checkpoint_steps(workdir) == [2, 4]
 
 
 def test_nonfinite_with_saves_every_step_names_a_saved_step(tmp_path, capsys):
@@ -150,7 +145,7 @@ def test_nonfinite_with_saves_every_step_names_a_saved_step(tmp_path, capsys):
   err = capsys.readouterr().err
   if 'latest checkpoint (step' in err:
     named = int(err.split('latest checkpoint (step ')[1].split(')')[0])
-    assert named in _steps(workdir)  # Committed, not abandoned.
+    assert named in helpers.checkpoint_steps(workdir)  # Committed, not abandoned.
   assert not [n for n in os.listdir(os.path.join(workdir, 'checkpoints'))
               if 'tmp' in n]
 
@@ -169,7 +164,7 @@ def test_a_failing_evaluation_saves_the_training_state_first(
     runner.run(_config(eval_every_steps=3, checkpoint_every_steps=100),
                workdir)
   assert e.value.code == 2 and 'bad.jpg' in capsys.readouterr().err
-  assert _steps(workdir) == [3]  # Training up to the eval is kept.
+  assert helpers.checkpoint_steps(workdir) == [3]  # Training up to the eval is kept.
 
 
 def test_a_refused_restore_does_not_claim_the_workdir(tmp_path):
@@ -183,7 +178,7 @@ def test_a_refused_restore_does_not_claim_the_workdir(tmp_path):
     runner.run(c, workdir)
   assert not os.path.exists(os.path.join(workdir, 'experiment.json'))
   runner.run(_config(num_train_steps=4), workdir)  # Its own config still fits.
-  assert _steps(workdir)[-1] == 4
+  assert helpers.checkpoint_steps(workdir)[-1] == 4
 
 
 @pytest.mark.parametrize('field, value', [

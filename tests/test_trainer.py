@@ -43,11 +43,6 @@ def _seg_config(**overrides):
   return c
 
 
-def _steps(workdir):
-  return sorted(int(s) for s in os.listdir(os.path.join(workdir, 'checkpoints'))
-                if s.isdigit())
-
-
 def test_segmentation_eval_ignores_init_from_of_a_finished_run(tmp_path):
   # init_from applies to a new run only: a run whose init file has since
   # moved still evaluates and resumes (the old segmentation trainer loaded
@@ -61,7 +56,7 @@ def test_segmentation_eval_ignores_init_from_of_a_finished_run(tmp_path):
   again = runner.run(config, run, mode='eval')
   assert again['eval_miou'] == pytest.approx(first['eval_miou'])
   runner.run(_seg_config(init_from=source, num_train_steps=6), run)
-  assert _steps(run)[-1] == 6
+  assert helpers.checkpoint_steps(run)[-1] == 6
 
 
 def test_segmentation_sets_aside_an_unreadable_checkpoint(tmp_path, capsys):
@@ -70,14 +65,9 @@ def test_segmentation_sets_aside_an_unreadable_checkpoint(tmp_path, capsys):
   # died with StepAlreadyExistsError on every retry).
   workdir = str(tmp_path)
   runner.run(_seg_config(), workdir)
-  state_dir = os.path.join(workdir, 'checkpoints', '4', 'state')
-  for root, _, files in os.walk(state_dir):
-    for name in files:
-      if name != '_CHECKPOINT_METADATA':
-        with open(os.path.join(root, name), 'r+b') as f:
-          f.truncate(3)
+  helpers.truncate_checkpoint(workdir, 4)
   runner.run(_seg_config(num_train_steps=6), workdir)
-  assert _steps(workdir) == [2, 4, 6]
+  assert helpers.checkpoint_steps(workdir) == [2, 4, 6]
   assert [n for n in os.listdir(os.path.join(workdir, 'checkpoints'))
           if n.startswith('4.unreadable')]
 
