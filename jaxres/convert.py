@@ -27,11 +27,13 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
+from jaxres import weight_files
 from jaxres import weights
 
-METADATA_FILE = 'jaxres_model.json'
-VARIABLES_DIR = 'variables'
-FORMAT = 'jaxres-converted-v1'
+# jaxres's own weight files (converted directories, training checkpoints).
+METADATA_FILE = weight_files.METADATA_FILE
+save_converted = weight_files.save_converted
+read_jaxres_checkpoint = weight_files.read_jaxres_checkpoint
 
 # The mapping's API, for callers of this module.
 ConvertError = weights.ConvertError
@@ -168,138 +170,6 @@ def model_variables_shape(model_name: str, num_classes: Optional[int],
   return model, weights.as_variables(shapes)
 
 
-def save_converted(output_dir: str, variables: Mapping[str, Any],
-                   metadata: Mapping[str, Any]) -> None:
-  """Writes an Orbax checkpoint of variables + metadata JSON; never overwrites."""
-  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
-  output_dir = os.path.abspath(output_dir)
-  if os.path.exists(output_dir):
-    raise ConvertError(f'Refusing to overwrite existing output {output_dir}.')
-  os.makedirs(output_dir)
-  ckptr = ocp.StandardCheckpointer()
-  ckptr.save(os.path.join(output_dir, VARIABLES_DIR),
-             {c: variables[c] for c in weights.COLLECTIONS if c in variables})
-  ckptr.wait_until_finished()
-  with open(os.path.join(output_dir, METADATA_FILE), 'w') as f:
-    json.dump(dict(metadata, format=FORMAT), f, indent=2, sort_keys=True)
-
-
-def _variables_in(tree: Any, keys: Tuple[str, ...] = ()):
-  """(keys, {'params'[, 'batch_stats']}) of the first such node, or None."""
-  if not isinstance(tree, Mapping):
-    return None
-  if 'params' in tree:
-    return keys, {c: tree[c] for c in weights.COLLECTIONS if tree.get(c)}
-  for k, v in tree.items():
-    found = _variables_in(v, keys + (k,))
-    if found is not None:
-      return found
-  return None
-
-
-def _restore_variables(tree_metadata, restore) -> Optional[Dict[str, Any]]:
-  """Restores only the variables in a checkpoint, as numpy arrays.
-
-  ``tree_metadata`` is the checkpoint's tree of array metadata (None if
-  it has none) and ``restore(args)`` restores it with Orbax restore args.
-  """
-  import jax  # pylint: disable=g-import-not-at-top
-  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
-  found = _variables_in(tree_metadata)
-  if found is None:
-    return None
-  keys, tree = found
-  abstract = jax.tree.map(
-      lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype), tree)
-  for k in reversed(keys):
-    abstract = {k: abstract}
-  restored = restore(ocp.args.PyTreeRestore(
-      abstract, partial_restore=True, restore_args=jax.tree.map(
-          lambda _: ocp.RestoreArgs(restore_type=np.ndarray), abstract)))
-  for k in keys:
-    restored = restored[k]
-  return weights.as_variables(restored)
-
-
-def _read_tree(path: str):
-  """(variables, {}) of one PyTree checkpoint, or None if it is not one."""
-  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
-  ckptr = ocp.PyTreeCheckpointer()
-  variables = _restore_variables(
-      getattr(ckptr.metadata(path).item_metadata, 'tree', None),
-      lambda args: ckptr.restore(path, args=args))
-  return None if variables is None else (variables, {})
-
-
-def _read_step(path: str):
-  """(variables, JSON items merged) of one composite checkpoint, or None.
-
-  A trainer's step holds its TrainState and JSON 'meta' as two items; the
-  item names and handlers come from the step's own metadata.
-  """
-  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
-  item_handlers = ocp.Checkpointer(ocp.CompositeCheckpointHandler()).metadata(
-      path).item_handlers
-  kinds = {n: str(h).rsplit('.', 1)[-1]
-           for n, h in (item_handlers or {}).items()}
-  trees = sorted(n for n, k in kinds.items() if k in (
-      'StandardCheckpointHandler', 'PyTreeCheckpointHandler'))
-  jsons = sorted(n for n, k in kinds.items() if k == 'JsonCheckpointHandler')
-  ckptr = ocp.Checkpointer(ocp.CompositeCheckpointHandler(
-      **{n: ocp.PyTreeCheckpointHandler() for n in trees},
-      **{n: ocp.JsonCheckpointHandler() for n in jsons}))
-  item_metadata = ckptr.metadata(path).item_metadata
-  for name in trees:
-    variables = _restore_variables(
-        getattr(item_metadata[name], 'tree', None),
-        lambda args, name=name: ckptr.restore(
-            path, ocp.args.Composite(**{name: args}))[name])
-    if variables is not None:
-      meta = {}
-      if jsons:
-        restored = ckptr.restore(path, ocp.args.Composite(
-            **{n: ocp.args.JsonRestore() for n in jsons}))
-        for n in jsons:
-          meta.update(restored[n] or {})
-      return variables, meta
-  return None
-
-
-def read_jaxres_checkpoint(path: str) -> Tuple[Dict[str, Any], Dict[str, Any]]:
-  """(variables, metadata) from a converted dir or a training checkpoint.
-
-  Training checkpoints: a trainer's workdir or its Orbax CheckpointManager
-  directory (the latest step is used), one step of it, or one PyTree
-  checkpoint whose tree holds 'params' (and 'batch_stats').
-  """
-  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
-  path = os.path.abspath(path)
-  meta = {}
-  if os.path.isfile(os.path.join(path, METADATA_FILE)):  # by save_converted
-    with open(os.path.join(path, METADATA_FILE)) as f:
-      meta = json.load(f)
-    path = os.path.join(path, VARIABLES_DIR)
-  try:
-    found = _read_tree(path)
-    if found is None:
-      for directory in (os.path.join(path, 'checkpoints'), path):
-        latest = ocp.step.latest_step_metadata(
-            directory, ocp.step.standard_name_format())
-        if latest is not None:  # a checkpoint manager's directory
-          path = str(latest.path)
-          break
-      found = _read_step(path)
-  except Exception as e:  # pylint: disable=broad-except
-    raise ConvertError(
-        f'Could not read {path} as a jaxres checkpoint: '
-        f'{type(e).__name__}: {e}') from e
-  if found is None:
-    raise ConvertError(
-        f'{path} is neither a converted jaxres checkpoint (no {METADATA_FILE}) '
-        "nor an Orbax checkpoint holding 'params'.")
-  return found[0], {'source': path, **meta, **found[1]}
-
-
 def load_pretrained(path: str, target_variables: Mapping[str, Any],
                     model_name: str, backbone_only: bool = False,
                     allow_missing: Sequence[str] = (),
@@ -323,7 +193,7 @@ def load_pretrained(path: str, target_variables: Mapping[str, Any],
       if meta.get('model') and meta['model'] != model_name:
         log(f'init_from: {path} was converted for {meta["model"]}, loading '
             f'into {model_name}.')
-      merged = weights.merge_variables(source, target_variables,
+      merged = weight_files.merge_variables(source, target_variables,
                                        backbone_only)
       log(f'init_from: loaded {"backbone of " if backbone_only else ""}'
           f'jaxres checkpoint {path} into {model_name}.')

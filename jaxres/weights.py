@@ -1,7 +1,7 @@
 """Puts saved weights into a model's variables, checking every one of them.
 
 Two sources: a PyTorch state dict (``convert_state_dict``) and another jaxres
-variable tree (``merge_variables``). Both return the target's tree with its
+variable tree (``jaxres.weight_files.merge_variables``). Both return the target's tree with its
 dtypes, and raise ``ConvertError`` naming every missing, unused or misshapen
 weight, with the likely cause.
 
@@ -360,63 +360,3 @@ def convert_state_dict(
       kept=kept, ignored=ignored,
       notes=[layout.note] if layout.note and not backbone_only else [])
   return variables, report
-
-
-# --------------------------------------------------------------------------
-# jaxres variable trees
-# --------------------------------------------------------------------------
-
-
-def merge_variables(source: Mapping[str, Any], target: Mapping[str, Any],
-                    backbone_only: bool) -> Dict[str, Any]:
-  """Copies ``source`` leaves into ``target`` by flax path, with checks.
-
-  With ``backbone_only`` a classification source may feed a segmentation
-  target's backbone and the other way round; the rest keeps the target's
-  values.
-  """
-  target, source = as_variables(target), as_variables(source)
-  classifiers = classifier_modules()
-  t_seg = 'backbone' in target['params']
-  s_seg = 'backbone' in source['params']
-
-  def in_backbone(p):
-    return p[0] == 'backbone' if t_seg else p[0] not in classifiers
-
-  out_flat = {}
-  problems, missing, unexpected = [], [], []
-  for c in COLLECTIONS:
-    t_flat = flatten(target.get(c, {}))
-    s_flat = flatten(source.get(c, {}))
-    if backbone_only and t_seg and not s_seg:  # a classifier as the encoder
-      s_flat = {('backbone',) + p: v for p, v in s_flat.items()
-                if p[0] not in classifiers}
-    elif backbone_only and s_seg and not t_seg:
-      s_flat = {p[1:]: v for p, v in s_flat.items() if p[0] == 'backbone'}
-    for p, t_leaf in t_flat.items():
-      name = '/'.join((c,) + p)
-      want = tuple(np.shape(t_leaf))
-      if backbone_only and not in_backbone(p):
-        out_flat[(c,) + p] = t_leaf
-      elif p not in s_flat:
-        missing.append(name)
-      elif np.shape(s_flat[p]) != want:
-        got = tuple(np.shape(s_flat[p]))
-        # Reversed shapes put output channels (classes) first, as in torch.
-        problems.append(
-            f'shape mismatch for {name}: checkpoint {got}, model {want}; '
-            + mismatch_cause(p, got[::-1], want[::-1]))
-      else:
-        out_flat[(c,) + p] = np.asarray(s_flat[p]).astype(
-            getattr(t_leaf, 'dtype', np.float32))
-    unexpected += ['/'.join((c,) + p) for p in s_flat
-                   if p not in t_flat and not (backbone_only and
-                                               not in_backbone(p))]
-  if missing or unexpected or problems:
-    msg = ['Cannot load the checkpoint into this model.']
-    if missing:
-      msg.append(f'{len(missing)} missing: ' + ', '.join(missing))
-    if unexpected:
-      msg.append(f'{len(unexpected)} unexpected: ' + ', '.join(unexpected))
-    raise ConvertError('\n'.join(msg + problems))
-  return unflatten(out_flat)
