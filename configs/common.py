@@ -71,6 +71,11 @@ def base_config() -> ml_collections.ConfigDict:
   # Continuing a workdir with other optimizer hyperparameters (learning rate,
   # batch, weight decay, ...) is refused unless this says it is meant.
   c.allow_hparam_changes = False
+  # Continuing a workdir with another global batch is refused (the schedule
+  # and the data order depend on it) unless this is set: the step counter is
+  # then rescaled to keep the examples seen, the learning rate and durations
+  # in epochs/examples are recomputed, old checkpoints are moved aside.
+  c.allow_batch_size_change = False
   # Persistent XLA compilation cache ("" disables; None: ~/.cache/jaxres/xla).
   c.compilation_cache_dir = optional(str)
 
@@ -86,4 +91,10 @@ def classification_config() -> ml_collections.ConfigDict:
   c.task = 'classification'
   c.label_smoothing = 0.1
   c.shuffle_buffer = 16_384  # TFDS record shuffle buffer (examples).
+  # How processes split the TFDS training stream: 'shards' (each reads 1/P of
+  # the records; the order depends on P, so a run continues only on P
+  # processes), 'stream' (each reads every record, decodes its own rows; the
+  # order does not depend on P) or 'auto' (stream with one process, shards
+  # with several, stream when continuing a run whose order is global).
+  c.tfds_read = 'auto'
   return c

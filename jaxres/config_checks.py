@@ -56,6 +56,9 @@ def check_config(config):
       if value is not None:
         need(value > 0 or (zero_ok and value == 0),
              f'{name}={value} must be {">= 0" if zero_ok else "> 0"}.')
+  if 'tfds_read' in config:
+    need(config.tfds_read in ('auto', 'shards', 'stream'),
+         f'tfds_read={config.tfds_read!r} is not one of auto, shards, stream.')
   if config.get('num_classes') is not None:
     need(config.num_classes > 0, f'num_classes={config.num_classes} must be > 0.')
   import jax  # pylint: disable=g-import-not-at-top

@@ -11,6 +11,7 @@ the workdir as it found it.
 """
 from __future__ import annotations
 
+import copy
 import functools
 import json
 import logging
@@ -19,12 +20,14 @@ from typing import TYPE_CHECKING
 
 from etils import epath
 import jax
+from jax.experimental import multihost_utils
 
 if TYPE_CHECKING:
   import ml_collections  # pylint: disable=g-import-not-at-top
 
 from jaxres import checkpoint as ckpt_lib
 from jaxres import config_checks
+from jaxres import data as data_lib
 from jaxres import durations as durations_lib
 from jaxres import optim
 from jaxres import progress as progress_lib
@@ -73,9 +76,17 @@ def train_and_evaluate(config: 'ml_collections.ConfigDict', workdir: str,
                        eval_only: bool = False, checkpoint_step=None):
   """Trains (or only evaluates) the configured task; returns eval metrics."""
   config_checks.check_config(config)
+  workdir = epath.Path(workdir)
+  # --- Topology: what the data order depends on, checked against the run
+  # being continued (device and process counts may change, not the order). ---
+  record = {} if eval_only else workdir_lib.read_record(workdir)
+  if not eval_only:
+    config = _resolve_tfds_read(config, record)
+    data_order = data_lib.train_order(config, jax.process_count())
+    workdir_lib.check_topology(record, data_order, workdir)
+    _check_no_interrupted_rescale(workdir)
   task = tasks.get_task(config)
   task.check_config()
-  workdir = epath.Path(workdir)
 
   # --- Mesh: one `data` axis over every device of every process. ---
   dp = DataParallel.create(config.batch_size, config.eval_batch_size)
@@ -137,6 +148,12 @@ def train_and_evaluate(config: 'ml_collections.ConfigDict', workdir: str,
     state, restored_step = _start_up(
         config, workdir, manager, abstract, meta,
         fresh=lambda: init_state(init_rng), replicated=dp.replicated)
+    old_batch = workdir_lib.recorded_batch_size(record)
+    if restored_step is not None and old_batch not in (None,
+                                                       config.batch_size):
+      state, restored_step, manager = _rescale_for_batch(
+          config, workdir, state, restored_step, old_batch, manager, meta,
+          data_order)
     if (restored_step or 0) >= total_steps:  # Restored (verified), not compiled.
       final = _read_final_metrics(workdir).get('metrics', {})
       logging.info('The run in %s is complete (step %d of %d); nothing to do. '
@@ -146,7 +163,7 @@ def train_and_evaluate(config: 'ml_collections.ConfigDict', workdir: str,
       return final
 
     # --- Records of the run, written now that every check has passed. ---
-    workdir_lib.write_experiment_record(config, workdir)
+    workdir_lib.write_experiment_record(config, workdir, data_order)
     _write_text(workdir / DATASET_INFO_FILE, json.dumps(
         {'task': task.name, **task.dataset_info(ds)}, indent=2))
     _write_text(workdir / CONFIG_FILE, config.to_json_best_effort(indent=2))
@@ -171,6 +188,87 @@ def train_and_evaluate(config: 'ml_collections.ConfigDict', workdir: str,
                      checkpoint=ckpt_every))
     finally:
       writer.close()
+
+
+def _resolve_tfds_read(config, record):
+  """config with tfds_read='auto' resolved for this topology and this run."""
+  if 'tfds_read' not in config:
+    return config
+  order = record.get('topology', {}).get('data_order')
+  read = data_lib.tfds_read(config, jax.process_count(), order)
+  if read == config.tfds_read:
+    return config
+  config = copy.deepcopy(config)
+  config.tfds_read = read
+  return config
+
+
+RESCALE_STAGING = 'checkpoints.rescaled'
+
+
+def _check_no_interrupted_rescale(workdir):
+  staging = workdir / RESCALE_STAGING
+  if staging.exists():
+    raise workdir_lib.WorkdirError(
+        f'{staging} exists: a change of the global batch (allow_batch_size_'
+        'change) was interrupted after saving the rescaled state. To finish '
+        'it, rename checkpoints to checkpoints-batch<old batch>-step<step> '
+        f'(if still there) and {RESCALE_STAGING} to checkpoints; to undo it, '
+        f'delete {RESCALE_STAGING} and set batch_size back in '
+        'experiment.json. jaxres changes nothing until then.')
+
+
+def rescale_step(state, new_step: int):
+  """state with its step and every optimizer `count` set to new_step."""
+  def put(path, leaf):
+    name = ckpt_lib._path_name(path).split('/')[-1]  # pylint: disable=protected-access
+    if name in ('step', 'count') and getattr(leaf, 'ndim', None) == 0:
+      return jax.device_put(jax.numpy.asarray(new_step, leaf.dtype),
+                            leaf.sharding)
+    return leaf
+  return jax.tree_util.tree_map_with_path(put, state)
+
+
+def _rescale_for_batch(config, workdir, state, step, old_batch, manager, meta,
+                       data_order):
+  """Continues a run at another global batch (config.allow_batch_size_change).
+
+  The step counter (and every optimizer count) becomes step x old / new, so
+  the examples seen, the epoch and the point of an epoch-based schedule are
+  kept. The rescaled state is saved first into a staging folder, the record is
+  updated, then the old checkpoints move to checkpoints-batch<old>-step<step>
+  (kept, never deleted): one folder never holds steps of two batch sizes.
+  """
+  new_batch = config.batch_size
+  if not config.get('allow_batch_size_change', False):
+    raise workdir_lib.WorkdirError(workdir_lib.batch_size_message(
+        workdir, old_batch, new_batch))
+  new_step, rest = divmod(step * old_batch, new_batch)
+  logging.warning(
+      'Global batch %d -> %d (allowed by config.allow_batch_size_change): '
+      'step %d becomes step %d (%d examples seen%s); the learning rate is now '
+      '%g.', old_batch, new_batch, step, new_step, step * old_batch,
+      f'; the last {rest} are seen again' if rest else '',
+      config.learning_rate * new_batch / config.lr_base_batch_size)
+  state = rescale_step(state, new_step)
+  manager.close()
+  staging = workdir / RESCALE_STAGING
+  staged = ckpt_lib.make_manager(staging, max_to_keep=None, async_save=False)
+  ckpt_lib.save(staged, new_step, state, meta, force=True)
+  staged.wait_until_finished()
+  staged.close()
+  workdir_lib.write_experiment_record(config, workdir, data_order)
+  aside = workdir / f'checkpoints-batch{old_batch}-step{step}'
+  if jax.process_index() == 0:
+    (workdir / 'checkpoints').rename(aside)
+    staging.rename(workdir / 'checkpoints')
+  if jax.process_count() > 1:
+    multihost_utils.sync_global_devices('jaxres_rescale_for_batch')
+  logging.warning('The checkpoints written at batch %d are kept in %s.',
+                  old_batch, aside)
+  manager = ckpt_lib.make_manager(workdir / 'checkpoints',
+                                  max_to_keep=config.max_checkpoints_to_keep)
+  return state, new_step, manager
 
 
 def _start_up(config, workdir, manager, abstract, meta, *, fresh=None,

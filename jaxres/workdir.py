@@ -1,9 +1,12 @@
 """A workdir's identity and ownership: the experiment record and the lock.
 
 experiment.json records what a workdir holds: the experiment's identity (model,
-task, classes, optimizer; another identity is refused) and its optimizer
+task, classes, optimizer; another identity is refused), its optimizer
 hyperparameters (a change is refused unless config.allow_hparam_changes says
-it is meant). lock.json names the one run that owns the workdir; a second run
+it is meant; the global batch has its own flag, allow_batch_size_change) and
+its topology (devices, processes and what the data order depends on: a run
+whose order depends on the process count is refused on another count).
+lock.json names the one run that owns the workdir; a second run
 is refused, a lock left by a dead process on this host is taken over.
 """
 from __future__ import annotations
@@ -25,7 +28,8 @@ EXPERIMENT_FILE = 'experiment.json'
 LOCK_FILE = 'lock.json'
 
 # Changing these mid-run changes the optimisation the checkpoints came from.
-# Durations may change (e.g. train longer); these need allow_hparam_changes.
+# Durations may change (e.g. train longer); these need allow_hparam_changes,
+# batch_size needs allow_batch_size_change (see trainer.rescale_for_batch).
 HPARAM_FIELDS = ('seed', 'batch_size', 'learning_rate', 'lr_base_batch_size',
                  'momentum', 'nesterov', 'weight_decay', 'adam_b1', 'adam_b2',
                  'schedule', 'poly_power', 'lr_decay_epochs', 'grad_clip_norm',
@@ -43,21 +47,52 @@ def _hparams(config) -> dict:
   return json.loads(json.dumps(values, default=str))
 
 
+def read_record(workdir) -> dict:
+  """The workdir's experiment.json, or {} for a new workdir."""
+  path = epath.Path(workdir) / EXPERIMENT_FILE
+  return json.loads(path.read_text()) if path.exists() else {}
+
+
+def recorded_batch_size(record: dict):
+  return record.get('hparams', {}).get('batch_size')
+
+
+def batch_size_message(workdir, old, new) -> str:
+  return (
+      f'{workdir} holds a run with global batch {old}; this config has {new}. '
+      'The learning-rate schedule (in steps) and the data order (step k '
+      'reads examples [k B, (k + 1) B) of its epoch) depend on the global '
+      'batch, so this would not continue the same run. Keep '
+      f'--config.batch_size={old} (it stays the global batch on any number '
+      'of devices and processes, and must divide by the device count), or '
+      'pass --config.allow_batch_size_change=True to continue with '
+      f'{new}: the step counter is rescaled to keep the examples seen '
+      f'(step x {old} / {new}), the learning rate is recomputed as '
+      'learning_rate x batch_size / lr_base_batch_size, durations in epochs '
+      'or examples are recomputed, and the earlier checkpoints are kept in '
+      f'checkpoints-batch{old}-step<N>/. Nothing in the workdir was changed.')
+
+
 def check_workdir(config, workdir):
   """Refuses a workdir of another experiment or with other hyperparameters."""
-  path = epath.Path(workdir) / EXPERIMENT_FILE
-  if not path.exists():
+  saved = read_record(workdir)
+  if not saved:
     return
-  saved = json.loads(path.read_text())
   problems = ckpt_lib.meta_mismatches(
-      {k: v for k, v in saved.items() if k != 'hparams'},
+      {k: v for k, v in saved.items() if k not in ('hparams', 'topology')},
       ckpt_lib.experiment_meta(config))
   if problems:
     raise WorkdirError(
         f'{workdir} belongs to a different experiment:\n  ' +
         '\n  '.join(problems) + '\nUse another --workdir (nothing in this '
         'one was changed).')
-  changed = ckpt_lib.meta_mismatches(saved.get('hparams', {}), _hparams(config))
+  saved_hparams, hparams = dict(saved.get('hparams', {})), _hparams(config)
+  old_batch = saved_hparams.pop('batch_size', None)
+  new_batch = hparams.pop('batch_size', None)
+  if (old_batch is not None and old_batch != new_batch and
+      not config.get('allow_batch_size_change', False)):
+    raise WorkdirError(batch_size_message(workdir, old_batch, new_batch))
+  changed = ckpt_lib.meta_mismatches(saved_hparams, hparams)
   if changed and not config.allow_hparam_changes:
     raise WorkdirError(
         f'{workdir} holds a run with other hyperparameters:\n  ' +
@@ -71,11 +106,54 @@ def check_workdir(config, workdir):
                     '\n  '.join(changed))
 
 
-def write_experiment_record(config, workdir):
-  """Records identity and hyperparameters (process 0; checks have passed)."""
+def topology(data_order: str) -> dict:
+  return {'devices': jax.device_count(), 'processes': jax.process_count(),
+          'data_order': data_order}
+
+
+def check_topology(record: dict, data_order: str, workdir):
+  """Refuses to continue a run whose data order this topology would change.
+
+  Device and process counts may change when the order does not depend on
+  them ('global'); a run that read TFDS shards per process continues only on
+  the same number of processes.
+  """
+  saved = record.get('topology')
+  if not saved:
+    return
+  if saved['data_order'] != data_order:
+    if saved['data_order'] == 'global':
+      raise WorkdirError(
+          f'The run in {workdir} reads its training data in a global order '
+          f'(the same on any number of processes); with '
+          f'config.tfds_read=shards on {jax.process_count()} processes each '
+          "process would read its own part instead, and the examples would "
+          "change. Set --config.tfds_read=auto (or stream) to continue it.")
+    raise WorkdirError(
+        f'The run in {workdir} read its TFDS training data in per-process '
+        f'shards ({saved["data_order"]}): which examples a step sees depends '
+        f'on the number of processes, and this run has '
+        f'{jax.process_count()}. Continue it on {saved["processes"]} '
+        'processes (any number of devices each, the global batch unchanged). '
+        'A run that must survive a change of topology starts with '
+        '--config.tfds_read=stream: every process then reads the whole '
+        'record stream (P times the reads) and the order does not depend on '
+        'P. Nothing in the workdir was changed.')
+  if (saved['devices'], saved['processes']) != (jax.device_count(),
+                                                 jax.process_count()):
+    logging.info('Continuing the run in %s on %d devices in %d processes (it '
+                 'ran on %d in %d); the data order does not depend on them.',
+                 workdir, jax.device_count(), jax.process_count(),
+                 saved['devices'], saved['processes'])
+
+
+def write_experiment_record(config, workdir, data_order: str):
+  """Records identity, hyperparameters and topology (process 0; checks have
+  passed)."""
   if jax.process_index() == 0:
     path = epath.Path(workdir) / EXPERIMENT_FILE
-    record = {**ckpt_lib.experiment_meta(config), 'hparams': _hparams(config)}
+    record = {**ckpt_lib.experiment_meta(config), 'hparams': _hparams(config),
+              'topology': topology(data_order)}
     path.write_text(json.dumps(record, indent=2))
 
 

@@ -74,3 +74,23 @@ def truncate_checkpoint(workdir, step):
       if name != '_CHECKPOINT_METADATA':
         with open(os.path.join(root, name), 'r+b') as f:
           f.truncate(3)
+
+
+def keep_checkpoints_up_to(workdir, step):
+  """Removes the checkpoints after `step`: as if the run had been preempted
+  just after saving `step`."""
+  import shutil  # pylint: disable=g-import-not-at-top
+  for later in checkpoint_steps(workdir):
+    if later > step:
+      shutil.rmtree(os.path.join(workdir, 'checkpoints', str(later)))
+
+
+def assert_trees_close(a, b, rtol=1e-4, atol=1e-5):
+  """Equal up to float reduction order (another device or process count)."""
+  import jax  # pylint: disable=g-import-not-at-top
+  la, ta = jax.tree.flatten(a)
+  lb, tb = jax.tree.flatten(b)
+  assert ta == tb
+  for x, y in zip(la, lb):
+    np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=rtol,
+                               atol=atol)

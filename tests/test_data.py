@@ -353,3 +353,45 @@ def test_tfds_resume_and_sharding(tiny_tfds):
       lengths.add(len(batches))
       total += sum(float(b['mask'].sum()) for b in batches)
     assert total == 11 and len(lengths) == 1
+
+
+def test_tfds_stream_order_does_not_depend_on_process_count(tiny_tfds):
+  """read='stream': the global batch is the same for 1, 2 and 4 processes
+  (and equals read='shards' with one process), fresh or resumed."""
+  from jaxres.data import imagenet  # pylint: disable=g-import-not-at-top
+  builder = imagenet.get_builder('jaxres_tiny_images', tiny_tfds)
+  kwargs = dict(seed=5, image_size=16, shuffle_buffer=16)
+  # 37 // 4 = 9 steps per epoch: 11 steps cross into epoch 1.
+  one = _take(imagenet.train_iterator(builder, 4, read='shards', **kwargs), 11)
+  for process_count in (1, 2, 4):
+    for start in (0, 7):
+      parts = [_take(imagenet.train_iterator(
+          builder, 4, start_step=start, process_index=p,
+          process_count=process_count, read='stream', **kwargs), 11 - start)
+               for p in range(process_count)]
+      for step in range(start, 11):
+        for key in ('image', 'label'):
+          glued = np.concatenate([part[step - start][key] for part in parts])
+          np.testing.assert_array_equal(glued, one[step][key])
+  # 'shards' with two processes is another order (why it cannot continue a
+  # run on another number of processes).
+  shards = [_take(imagenet.train_iterator(
+      builder, 4, process_index=p, process_count=2, read='shards', **kwargs), 2)
+            for p in range(2)]
+  glued = np.concatenate([shards[0][0]['image'], shards[1][0]['image']])
+  assert not np.array_equal(glued, one[0]['image'])
+
+
+def test_train_order_and_tfds_read_resolution():
+  tfds_config = _config(dataset='imagenet2012')
+  assert data_lib.tfds_read(tfds_config, 1) == 'stream'
+  assert data_lib.tfds_read(tfds_config, 4) == 'shards'
+  assert data_lib.train_order(tfds_config, 1) == 'global'
+  assert data_lib.train_order(tfds_config, 4) == 'shards of 4 processes'
+  # Continuing a run whose order was global keeps it on 4 processes.
+  assert data_lib.tfds_read(tfds_config, 4, recorded_order='global') == 'stream'
+  assert data_lib.train_order(tfds_config, 4, read='stream') == 'global'
+  tfds_config.tfds_read = 'shards'
+  assert data_lib.tfds_read(tfds_config, 4, recorded_order='global') == 'shards'
+  for dataset in ('shapes', 'folder', 'synthetic'):
+    assert data_lib.train_order(_config(dataset=dataset), 4) == 'global'

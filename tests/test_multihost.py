@@ -1,14 +1,22 @@
-"""Two processes on 127.0.0.1 (jax.distributed, 2 CPU devices each)."""
+"""Two processes on 127.0.0.1 (jax.distributed, 2 CPU devices each).
+
+Also elastic resume across process counts: 2 processes x 2 devices continue
+as 1 process x 4 devices and back, with the same examples in the same order
+(equal up to float reduction order, see tests/test_elastic.py).
+"""
+import shutil
 import socket
 import subprocess
 
 import jax
 import numpy as np
+import pytest
 
 from tests import helpers
 
-ARGS = ('--config.batch_size=32', '--config.num_train_steps=4',
-        '--config.checkpoint_every_steps=2')
+ARGS = ('--config.batch_size=32', '--config.num_train_steps=6',
+        '--config.checkpoint_every_steps=2',
+        '--config.max_checkpoints_to_keep=10')
 
 
 def _free_port():
@@ -45,18 +53,37 @@ def _assert_close(a, b):
     np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-4, atol=1e-5)
 
 
-def test_two_processes_match_one_and_resume(tmp_path):
-  single = str(tmp_path / 'single')
-  helpers.run_main(single, *ARGS, devices=4)
+@pytest.fixture(scope='module')
+def single(tmp_path_factory):
+  """1 process x 4 devices, 6 steps: the reference."""
+  workdir = str(tmp_path_factory.mktemp('single'))
+  helpers.run_main(workdir, *ARGS, devices=4)
+  return workdir
+
+
+def test_two_processes_match_one_and_continue_on_one(tmp_path, single):
   multi = str(tmp_path / 'multi')
   errs = _run_two_processes(multi)
   # Logging comes from process 0 only.
-  assert 'step 4/4' in errs[0] and 'step 4/4' not in errs[1]
-  _assert_close(helpers.load_state(multi, 4)['params'],
-                helpers.load_state(single, 4)['params'])
-  _assert_close(helpers.load_state(multi, 4)['batch_stats'],
-                helpers.load_state(single, 4)['batch_stats'])
-  # Restore across processes: continue to step 6 without hanging.
-  errs = _run_two_processes(multi, '--config.num_train_steps=6')
+  assert 'step 6/6' in errs[0] and 'step 6/6' not in errs[1]
+  _assert_close(helpers.load_state(multi, 6)['params'],
+                helpers.load_state(single, 6)['params'])
+  _assert_close(helpers.load_state(multi, 6)['batch_stats'],
+                helpers.load_state(single, 6)['batch_stats'])
+  # Preempted after step 2; continues as 1 process x 4 devices.
+  helpers.keep_checkpoints_up_to(multi, 2)
+  proc = helpers.run_main(multi, *ARGS, devices=4)
+  assert 'Restored checkpoint step 2' in proc.stderr
+  assert 'on 4 devices in 1 processes (it ran on 4 in 2)' in proc.stderr
+  helpers.assert_trees_close(helpers.load_state(multi, 6),
+                             helpers.load_state(single, 6))
+
+
+def test_one_process_continues_on_two(tmp_path, single):
+  workdir = str(tmp_path / 'elastic')
+  shutil.copytree(single, workdir)
+  helpers.keep_checkpoints_up_to(workdir, 4)
+  errs = _run_two_processes(workdir)
   assert 'Restored checkpoint step 4' in errs[0]
-  assert np.isfinite(helpers.load_state(multi, 6)['params']['fc']['kernel']).all()
+  helpers.assert_trees_close(helpers.load_state(workdir, 6),
+                             helpers.load_state(single, 6))

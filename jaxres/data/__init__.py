@@ -14,6 +14,8 @@ Config fields read (``ml_collections.ConfigDict``):
                      this process's rows of each global batch.
   eval_batch_size    GLOBAL eval batch size (None/0: batch_size).
   shuffle_buffer     TFDS record shuffle buffer (examples).
+  tfds_read          TFDS training: 'shards', 'stream' or 'auto' (see
+                     ``tfds_read`` and imagenet.py).
   num_classes        synthetic: number of classes. Others: None/0 takes the
                      dataset's count, any other value must equal it.
   input_dtype        'float32'; 'bfloat16' halves host to device traffic
@@ -92,6 +94,36 @@ class ClassificationData:
   num_classes: int
   image_shape: Tuple[int, int, int]
   class_names: Tuple[str, ...]
+
+
+GLOBAL_ORDER = 'global'
+RANDOM_ACCESS = ('shapes', 'synthetic', 'folder')  # Ordered by batching.py.
+
+
+def tfds_read(config, process_count: int, recorded_order=None) -> str:
+  """How the TFDS pipeline splits work: 'shards' or 'stream'.
+
+  config.tfds_read='auto' reads the stream with one process (the same order
+  as shards) and shards with several, unless the run being continued had a
+  global order: then the stream keeps that order on any number of processes.
+  """
+  read = config.get('tfds_read', 'auto')
+  if read != 'auto':
+    return read
+  if process_count == 1 or recorded_order == GLOBAL_ORDER:
+    return 'stream'
+  return 'shards'
+
+
+def train_order(config, process_count: int, read=None) -> str:
+  """What the training order depends on: 'global' (seed, step and position
+  in the global batch only) or 'shards of P processes' (TFDS read='shards')."""
+  if (config.get('task', 'classification') != 'classification' or
+      config.dataset in RANDOM_ACCESS or process_count == 1):
+    return GLOBAL_ORDER
+  if (read or tfds_read(config, process_count)) == 'stream':
+    return GLOBAL_ORDER
+  return f'shards of {process_count} processes'
 
 
 def _check_num_classes(config, dataset_classes: int) -> int:
@@ -178,7 +210,7 @@ def get_classification_datasets(config, *, seed: int, process_index: int,
     return imagenet.train_iterator(
         builder, batch_size, seed=seed, start_step=start_step,
         split=train_split, shuffle_buffer=config.shuffle_buffer or 16 * 1024,
-        **common)
+        read=tfds_read(config, process_count), **common)
 
   eval_iter_fn = functools.partial(imagenet.eval_iterator, builder,
                                    eval_batch_size, split=eval_split, **common)

@@ -4,13 +4,22 @@ Works for any prepared TFDS builder with 'image' and 'label' features
 (imagenet2012, imagenette, cifar10, ...). TensorFlow and TFDS are imported
 inside the functions, so importing this module is cheap.
 
-Train: each process reads its own equal part of the split
-(``tfds.even_splits``). Epoch ``e`` shuffles files and records with a seed
-derived from (seed, e); a record's augmentation (Inception-style crop, flip)
-uses stateless random ops seeded by (epoch seed, position in the epoch). The
-batch order is thus a pure function of (seed, step, process_count), and
-``start_step`` resumes by skipping encoded records of the current epoch before
-any decoding.
+Train: epoch ``e`` shuffles files and records with a seed derived from
+(seed, e); a record's augmentation (Inception-style crop, flip) uses stateless
+random ops seeded by (epoch seed, position in the epoch), and ``start_step``
+resumes by skipping encoded records of the current epoch before any decoding.
+Two ways to split the work between processes (``read``):
+
+  'shards': each process reads its own equal part of the split
+    (``tfds.even_splits``). Reads 1/P of the bytes, but the order is a
+    function of (seed, step, process_count): a run can only continue on the
+    same number of processes.
+  'stream': every process reads the whole record stream in one global order
+    and decodes only its rows of each global batch. Global batch k is records
+    [k B, (k + 1) B) of the epoch's stream whatever the number of processes,
+    so a run can continue on any number; each process reads all the bytes
+    (P times the reads of 'shards'; decoding, the costly part, is not
+    repeated). With one process both are the same order.
 
 Eval: resize-256/centre-crop-224 (as the centre 224/256 of the shorter side,
 decoded with a fused crop), batches padded with ``mask`` 0 so each example is
@@ -235,6 +244,9 @@ def _tf_dtype(dtype):
   return tf.bfloat16 if dtype in ('bfloat16', 'bf16') else tf.as_dtype(dtype)
 
 
+READ_MODES = ('shards', 'stream')
+
+
 def _process_splits(split, process_count, drop_remainder) -> Sequence:
   if process_count == 1:
     return [split]
@@ -242,10 +254,16 @@ def _process_splits(split, process_count, drop_remainder) -> Sequence:
                              drop_remainder=drop_remainder)
 
 
-def _train_epoch(builder, split, *, epoch_seed, skip, batch_size, image_size,
-                 dtype, shuffle_buffer):
+def _train_epoch(builder, split, *, epoch_seed, num_records, skip, rows,
+                 image_size, dtype, shuffle_buffer):
+  """Records [skip, num_records) of the epoch's stream, batched.
+
+  ``rows = (lo, hi, global_batch)``: of each global batch (``global_batch``
+  consecutive records) keep rows [lo, hi), filtered before decoding.
+  """
   tf, tfds = _tf(), _tfds()
   is_jpeg = _is_jpeg(builder)
+  lo, hi, global_batch = rows
   ds = builder.as_dataset(
       split=split,
       shuffle_files=True,
@@ -255,7 +273,10 @@ def _train_epoch(builder, split, *, epoch_seed, skip, batch_size, image_size,
                                   options=_options()))
   ds = ds.shuffle(shuffle_buffer, seed=epoch_seed,
                   reshuffle_each_iteration=False)
-  ds = ds.enumerate().skip(skip)
+  ds = ds.enumerate().take(num_records).skip(skip)
+  if hi - lo < global_batch:  # Keep this process's rows, still encoded.
+    ds = ds.filter(lambda index, _: tf.logical_and(
+        index % global_batch >= lo, index % global_batch < hi))
 
   def preprocess(index, example):
     seed = tf.stack([tf.constant(epoch_seed, tf.int64), index])
@@ -265,7 +286,7 @@ def _train_epoch(builder, split, *, epoch_seed, skip, batch_size, image_size,
 
   ds = ds.map(preprocess, num_parallel_calls=tf.data.AUTOTUNE,
               deterministic=True)
-  ds = ds.batch(batch_size, drop_remainder=True)
+  ds = ds.batch(hi - lo, drop_remainder=True)
   return ds.prefetch(tf.data.AUTOTUNE).with_options(_options())
 
 
@@ -279,7 +300,8 @@ def train_iterator(builder,
                    image_size: int = 224,
                    dtype='float32',
                    shuffle_buffer: int = 16 * 1024,
-                   split: str = 'train') -> Iterator[dict]:
+                   split: str = 'train',
+                   read: str = 'shards') -> Iterator[dict]:
   """Yields this process's training batches forever, from ``start_step``.
 
   Args:
@@ -289,26 +311,37 @@ def train_iterator(builder,
       of the split.
     seed: order and augmentation seed.
     start_step: first step to yield; equals skipping that many batches.
-    process_index, process_count: which equal part of the split to read.
+    process_index, process_count: this process's part of the work.
     image_size: output side.
     dtype: image dtype, 'float32' or 'bfloat16'.
     shuffle_buffer: record shuffle buffer, examples.
     split: TFDS split to read.
+    read: 'shards' (this process's part of the split; the order depends on
+      process_count) or 'stream' (the whole stream, this process's rows of
+      each global batch; the order does not depend on process_count).
 
   Yields:
     dict(image=[b, S, S, 3] normalised, label=int32 [b]) numpy batches.
   """
   tfds = _tfds()
-  batch_size = batching.per_process(batch_size, process_count, 'batch_size')
-  split = _process_splits(split, process_count, True)[process_index]
-  per_epoch = num_examples(builder, split) // batch_size
+  if read not in READ_MODES:
+    raise ValueError(f'config.tfds_read={read!r}: use one of {READ_MODES}.')
+  rows = batching.per_process(batch_size, process_count, 'batch_size')
+  if read == 'shards':
+    split = _process_splits(split, process_count, True)[process_index]
+    lo, global_batch = 0, rows
+  else:
+    lo, global_batch = process_index * rows, batch_size
+  per_epoch = num_examples(builder, split) // global_batch
   if per_epoch < 1:
-    raise ValueError(f'Split {split} is smaller than one batch ({batch_size}).')
+    raise ValueError(f'Split {split} is smaller than one batch '
+                     f'({global_batch}).')
   epoch, step_in_epoch = divmod(start_step, per_epoch)
   while True:
     ds = _train_epoch(
         builder, split, epoch_seed=_epoch_seed(seed, epoch),
-        skip=step_in_epoch * batch_size, batch_size=batch_size,
+        num_records=per_epoch * global_batch,
+        skip=step_in_epoch * global_batch, rows=(lo, lo + rows, global_batch),
         image_size=image_size, dtype=_tf_dtype(dtype),
         shuffle_buffer=shuffle_buffer)
     yield from tfds.as_numpy(ds)
