@@ -12,9 +12,28 @@ import json
 import os
 import shutil
 
+import pytest
+
 from tests import helpers
 
+# One worker runs the module, so its module fixture (the reference run) runs once.
+pytestmark = pytest.mark.xdist_group('elastic')
+
 KEEP = '--config.max_checkpoints_to_keep=10'
+
+
+@pytest.fixture(scope='module')
+def reference(tmp_path_factory):
+  """8 devices, batch 32, 8 steps, saved at 2, 4, 6, 8: the uninterrupted run."""
+  workdir = str(tmp_path_factory.mktemp('reference'))
+  helpers.run_main(workdir, KEEP, devices=8)
+  return workdir
+
+
+def _copy(reference, tmp_path, name):
+  workdir = str(tmp_path / name)
+  shutil.copytree(reference, workdir)
+  return workdir
 
 
 def _final(workdir):
@@ -22,12 +41,9 @@ def _final(workdir):
   return {k: state[k] for k in ('params', 'batch_stats', 'opt_state')}
 
 
-def test_eight_devices_to_four_and_back(tmp_path):
-  reference = str(tmp_path / 'reference')
-  helpers.run_main(reference, KEEP, devices=8)  # Saves steps 2, 4, 6, 8.
+def test_eight_devices_to_four_and_back(tmp_path, reference):
   # 8 devices for steps 0-2, 4 devices for 2-4, 8 devices for 4-8.
-  elastic = str(tmp_path / 'elastic')
-  shutil.copytree(reference, elastic)
+  elastic = _copy(reference, tmp_path, 'elastic')
   helpers.keep_checkpoints_up_to(elastic, 2)
   proc = helpers.run_main(elastic, KEEP, devices=4)
   assert 'Restored checkpoint step 2' in proc.stderr
@@ -41,9 +57,9 @@ def test_eight_devices_to_four_and_back(tmp_path):
                                 'data_order': 'global'}
 
 
-def test_a_run_read_in_process_shards_only_continues_on_as_many(tmp_path):
-  workdir = str(tmp_path)
-  helpers.run_main(workdir, '--config.num_train_steps=2')
+def test_a_run_read_in_process_shards_only_continues_on_as_many(
+    tmp_path, reference):
+  workdir = _copy(reference, tmp_path, 'shards')
   path = os.path.join(workdir, 'experiment.json')
   record = json.loads(open(path).read())
   record['topology'] = {'devices': 4, 'processes': 2,
@@ -51,7 +67,7 @@ def test_a_run_read_in_process_shards_only_continues_on_as_many(tmp_path):
   with open(path, 'w') as f:
     f.write(json.dumps(record))
   before = sorted(os.listdir(workdir)), helpers.checkpoint_steps(workdir)
-  proc = helpers.run_main(workdir, check=False)
+  proc = helpers.run_main(workdir, KEEP, check=False)
   assert proc.returncode == 2, proc.stderr[-3000:]
   assert 'per-process shards' in proc.stderr
   assert 'Continue it on 2 processes' in proc.stderr
@@ -60,9 +76,8 @@ def test_a_run_read_in_process_shards_only_continues_on_as_many(tmp_path):
       before)
 
 
-def test_another_global_batch_is_refused_unless_allowed(tmp_path):
-  workdir = str(tmp_path)
-  helpers.run_main(workdir, KEEP)  # Batch 32, 8 steps.
+def test_another_global_batch_is_refused_unless_allowed(tmp_path, reference):
+  workdir = _copy(reference, tmp_path, 'batch')  # Batch 32, 8 steps.
   helpers.keep_checkpoints_up_to(workdir, 4)  # Preempted after step 4.
   # Durations in steps stay steps: 16 steps of 16 are the same 256 examples.
   more = (KEEP, '--config.num_train_steps=16')

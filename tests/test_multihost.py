@@ -8,11 +8,12 @@ import shutil
 import socket
 import subprocess
 
-import jax
-import numpy as np
 import pytest
 
 from tests import helpers
+
+# One worker runs the module, so its module fixture (the reference run) runs once.
+pytestmark = pytest.mark.xdist_group('multihost')
 
 ARGS = ('--config.batch_size=32', '--config.num_train_steps=6',
         '--config.checkpoint_every_steps=2',
@@ -45,14 +46,6 @@ def _run_two_processes(workdir, *extra, timeout=300):
   return errs
 
 
-def _assert_close(a, b):
-  la, ta = jax.tree.flatten(a)
-  lb, tb = jax.tree.flatten(b)
-  assert ta == tb
-  for x, y in zip(la, lb):
-    np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-4, atol=1e-5)
-
-
 @pytest.fixture(scope='module')
 def single(tmp_path_factory):
   """1 process x 4 devices, 6 steps: the reference."""
@@ -66,9 +59,9 @@ def test_two_processes_match_one_and_continue_on_one(tmp_path, single):
   errs = _run_two_processes(multi)
   # Logging comes from process 0 only.
   assert 'step 6/6' in errs[0] and 'step 6/6' not in errs[1]
-  _assert_close(helpers.load_state(multi, 6)['params'],
+  helpers.assert_trees_close(helpers.load_state(multi, 6)['params'],
                 helpers.load_state(single, 6)['params'])
-  _assert_close(helpers.load_state(multi, 6)['batch_stats'],
+  helpers.assert_trees_close(helpers.load_state(multi, 6)['batch_stats'],
                 helpers.load_state(single, 6)['batch_stats'])
   # Preempted after step 2; continues as 1 process x 4 devices.
   helpers.keep_checkpoints_up_to(multi, 2)
