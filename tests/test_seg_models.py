@@ -20,6 +20,10 @@ from jaxres.models.resize import resize_bilinear
 PARAMS_21 = {
     'unet_resnet50': 43_934_101,
     'unet_vgg16': 24_892_437,
+    # torchvision's ResNet-18/34 without fc, plus the decoder (see
+    # test_unet_decoder_count_follows_its_channels).
+    'unet_resnet18': 11_176_512 + 8_703_317,
+    'unet_resnet34': 21_284_672 + 8_703_317,
     'deeplabv3plus_mobilenet_v2': 5_818_149,
     'deeplabv3plus_resnet50': 23_508_032 + 16_846_245,
     'deeplabv3plus_resnet101': 42_500_160 + 16_846_245,
@@ -54,6 +58,29 @@ def test_param_count_and_logits_shape(name, output_stride):
   assert logits.shape == (2, 512, 512, 21) and logits.dtype == jnp.float32
   # The backbone is one subtree, so a backbone-only checkpoint drops in.
   assert 'backbone' in variables['params']
+
+
+def _unet_decoder_count(skip_channels, deep_channels, filters, classes):
+  """Two 3x3 convs (with bias) per level on [skip, upsampled deeper], the
+  two full-resolution 3x3 convs and the 1x1 classifier."""
+  conv = lambda cin, cout, k=3: cin * k * k * cout + cout
+  total, deeper = 0, deep_channels
+  for skip, f in reversed(list(zip(skip_channels, filters))):
+    total += conv(skip + deeper, f) + conv(f, f)
+    deeper = f
+  return total + 2 * conv(filters[0], filters[0]) + conv(filters[0], classes, 1)
+
+
+@pytest.mark.parametrize('name,skips,deep', [
+    ('unet_resnet18', (64, 64, 128, 256), 512),
+    ('unet_resnet50', (64, 256, 512, 1024), 2048)])
+def test_unet_decoder_count_follows_its_channels(name, skips, deep):
+  _, variables = shapes(models.build_model(name, num_classes=21), 64, 64)
+  params = dict(variables['params'])
+  backbone = num_params(params.pop('backbone'))
+  assert num_params(params) == _unet_decoder_count(
+      skips, deep, (64, 128, 256, 512), 21)
+  assert backbone + num_params(params) == PARAMS_21[name]
 
 
 def test_module_names_mirror_reference():

@@ -32,6 +32,8 @@ from jaxres.models.resize import resize_bilinear
 ModuleDef = Any
 
 BACKBONES = {
+    'resnet18': resnet.MODELS['resnet18'],
+    'resnet34': resnet.MODELS['resnet34'],
     'resnet50': resnet.MODELS['resnet50'],
     'vgg16': vgg.MODELS['vgg16'],
 }
@@ -78,8 +80,8 @@ class UNet(nn.Module):
                        f'{sorted(BACKBONES)}.')
     extra = {} if self.backbone_width is None else {'width': self.backbone_width}
     if self.backbone_stem is not None:
-      if self.backbone != 'resnet50':
-        raise ValueError('backbone_stem applies to the ResNet-50 backbone only.')
+      if not self.backbone.startswith('resnet'):
+        raise ValueError('backbone_stem applies to ResNet backbones only.')
       extra['stem'] = self.backbone_stem
     encoder = BACKBONES[self.backbone](
         num_classes=None, dtype=self.dtype, param_dtype=self.param_dtype,
@@ -115,6 +117,9 @@ MODELS = {
     'unet_resnet50': functools.partial(UNet, backbone='resnet50',
                                        backbone_stem='ceil_pool'),
     'unet_vgg16': functools.partial(UNet, backbone='vgg16'),
+    # Basic-block encoders (no reference weights): fast small-data models.
+    'unet_resnet18': functools.partial(UNet, backbone='resnet18'),
+    'unet_resnet34': functools.partial(UNet, backbone='resnet34'),
 }
 
 
