@@ -72,6 +72,40 @@ def segmentation_config() -> ml_collections.ConfigDict:
 
   c.num_eval_images = 3  # Overlays written to TensorBoard at each eval.
   c.log_every_steps = 50
+
+  # Own folders and ADE20K (jaxres/data/seg_folder.py, ade20k.py).
+  # dataset='folder': images and masks paired by file stem under data_dir.
+  # Folder names None: detected (images/Images/imgs/..., masks/labels/
+  # Labels/annotations/...); '{split}' in a name means one folder per split
+  # ('images/{split}' -> images/train, images/val).
+  c.folder_image_dir = optional(str)
+  c.folder_mask_dir = optional(str)
+  # Comma-separated, e.g. '.png,.tif'; None: common image types / lossless
+  # mask types (.png .bmp .tif .tiff).
+  c.folder_image_exts = optional(str)
+  c.folder_mask_exts = optional(str)
+  c.folder_mask_suffix = ''  # e.g. '_mask': cat.jpg pairs with cat_mask.png.
+  # Unpaired files stop the run (listed); True: leave them out, with a count.
+  c.folder_skip_unpaired = False
+  # A folder (under data_dir) with <train_split>.txt and <eval_split>.txt
+  # listing stems; None: split by val_fraction with split_seed.
+  c.folder_split_dir = optional(str)
+  c.val_fraction = 0.1
+  c.split_seed = 0  # Fixed apart from config.seed: the split stays put.
+  # 0 -> 255 (ignore), k -> k - 1 in the masks. None: True for ADE20K (its
+  # 0 is "other"), False for own folders.
+  c.reduce_zero_label = optional(bool)
+
+  # Declared by the inference/training work; keep one copy on merge.
+  c.inference = 'whole'  # 'whole' | 'slide'.
+  c.slide_crop = optional(object)  # int or (h, w).
+  c.slide_stride = optional(object)  # int or (h, w).
+  c.slide_batch = optional(int)  # Windows per device batch.
+  c.inference_scales = (1.0,)
+  c.inference_flip = False
+  c.aux_loss_weight = optional(float)  # 0.4 for ResNet DeepLab (mmseg).
+  c.ohem_thresh = optional(float)
+  c.ohem_min_kept = optional(int)
   return c
 
 
