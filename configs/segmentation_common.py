@@ -4,6 +4,7 @@ Every field can be overridden from the command line, e.g.
 `--config.losses=ce+dice --config.loss_weights.dice=0.5`.
 """
 import ml_collections
+from ml_collections import config_dict
 
 from configs import common
 
@@ -25,7 +26,8 @@ def segmentation_config() -> ml_collections.ConfigDict:
   c.data_dir = optional(str)  # VOC-style root, or the TFDS data dir.
   c.num_classes = optional(int)  # Including background; None: the dataset's.
   c.class_names = optional(tuple)
-  c.crop_size = 512  # Training crop (square side).
+  # Training crop: a square side or (h, w); `--config.crop_size='(512, 1024)'`.
+  c.crop_size = config_dict.FieldReference(512, field_type=object)
   c.scale_range = (0.5, 2.0)
   # None: evaluate at full resolution (padded to eval_pad_multiple); an int
   # or (h, w): resize inputs to it and the logits back to each label's size.
@@ -129,4 +131,43 @@ def voc_config():
   c.freeze_bn_train_mode = True
   c.eval_every_epochs = 5.0
   c.checkpoint_every_epochs = 1.0
+  return c
+
+
+def mmseg_deeplabv3plus_config(depth: int):
+  """mmsegmentation's DeepLabV3+ R-{depth}-D8 recipe, without the data.
+
+  As in mmseg's configs/_base_/models/deeplabv3plus_r50-d8.py and
+  schedule_*k.py: output stride 8 (ASPP rates 12/24/36), 512-channel ASPP and
+  decoder, 48-channel low-level projection, align_corners=False, auxiliary
+  FCN loss weight 0.4; SGD momentum 0.9, lr 0.01, weight decay 5e-4, poly
+  decay (power 0.9), no warmup; random rescale 0.5-2.0, crop, flip; one
+  forward pass on the whole image at test time. Returned unlocked: each
+  config sets the data, crop, batch and steps, then locks.
+  """
+  c = segmentation_config()
+  c.model = f'deeplabv3plus_resnet{depth}'
+  c.model_kwargs.output_stride = 8
+  c.model_kwargs.aspp_features = 512
+  c.model_kwargs.decoder_features = 512
+  c.model_kwargs.align_corners = False
+  c.aux_loss_weight = 0.4
+  c.optimizer = 'sgd'
+  c.learning_rate = 0.01
+  c.momentum = 0.9
+  c.nesterov = False
+  c.weight_decay = 5e-4
+  c.schedule = 'poly'
+  c.poly_power = 0.9
+  c.scale_range = (0.5, 2.0)
+  c.inference = 'whole'
+  c.log_every_steps = 50
+  return c
+
+
+def mmseg_steps(c, steps: int, eval_every: int):
+  """Sets the schedule length and the eval/checkpoint cadence (in steps)."""
+  c.num_train_steps = steps
+  c.eval_every_steps = eval_every
+  c.checkpoint_every_steps = min(eval_every, 2_000)
   return c
