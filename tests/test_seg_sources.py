@@ -122,7 +122,8 @@ def test_ade20k_layout_pairs_and_reduces_zero_label(tmp_path):
     _datasets(_config(dataset='ade20k', num_classes=151,
                       data_dir=str(tmp_path)))
   with pytest.raises(segmentation.LabelError, match='ADEChallengeData2016'):
-    _datasets(_config(dataset='ade20k', data_dir=str(root / 'images')))
+    _datasets(_config(dataset='ade20k', num_classes=None,
+                      data_dir=str(root / 'images')))
 
 
 # ----------------------------------------------------------------------------
@@ -305,22 +306,35 @@ def _tiny_run_config(data_dir, **overrides):
   return c
 
 
+def _nothing_written(workdir):
+  return not os.path.exists(workdir) or not os.listdir(workdir)
+
+
 def test_own_folder_trains_end_to_end(tmp_path, capsys):
   data_dir = str(tmp_path / 'data')
   _make_folder(data_dir, STEMS, values=(0, 255))
-  config = _tiny_run_config(data_dir)
+  before = {d: sorted(os.listdir(os.path.join(data_dir, d)))
+            for d in ('Images', 'Labels')}
+  # 0/255 masks as they are: exit 2 naming the option, nothing written.
+  with pytest.raises(SystemExit) as e:
+    runner.run(_tiny_run_config(data_dir), str(tmp_path / 'run0'))
+  assert e.value.code == 2
+  assert '--config.binary_mask_255_to_1=True' in capsys.readouterr().err
+  assert _nothing_written(tmp_path / 'run0')
+
+  config = _tiny_run_config(data_dir, binary_mask_255_to_1=True)
   metrics = runner.run(config, str(tmp_path / 'run'))
   _, evals = seg_folder.folder_sources(config, None, None)
   assert metrics['eval_examples'] == len(evals)
   assert 0 <= metrics['eval_miou'] <= 1
 
-  # Bad input: exit 2 with the message, the data and the workdir untouched.
+  # Unpaired files: exit 2 with the list, data and workdir untouched.
   os.remove(os.path.join(data_dir, 'Labels', 'img_04.png'))
-  files = sorted(os.listdir(os.path.join(data_dir, 'Images')))
   with pytest.raises(SystemExit) as e:
     runner.run(config, str(tmp_path / 'run2'))
   assert e.value.code == 2
   assert 'img_04.png' in capsys.readouterr().err
-  assert sorted(os.listdir(os.path.join(data_dir, 'Images'))) == files
-  assert not os.listdir(tmp_path / 'run2') if os.path.exists(
-      tmp_path / 'run2') else True
+  assert _nothing_written(tmp_path / 'run2')
+  before['Labels'].remove('img_04.png')
+  assert before == {d: sorted(os.listdir(os.path.join(data_dir, d)))
+                    for d in ('Images', 'Labels')}
