@@ -6,9 +6,10 @@ SGD lr 0.01, weight decay 5e-4, poly decay over 80k steps, random scale
 0.5-2.0, 512x1024 crops, flips, auxiliary loss 0.4. Inference: mmseg's
 512x1024 configs run the whole 1024x2048 image in one pass (test_cfg
 mode='whole'; only its 769x769 configs slide, 769 windows with stride 513), so
-this config does too; --config.inference=slide --config.slide_crop='(512,
-1024)' --config.slide_stride='(341, 682)' bounds memory instead (not what the
-published number used).
+this config does too. To bound memory, slide instead, e.g.
+--config.inference=slide --config.slide_crop='(512, 1024)'
+--config.slide_stride='(341, 682)' (an example: the published number did not
+slide).
 
 Data: TFDS `cityscapes/semantic_segmentation` (manual download; labelIds are
 mapped to the 19 train ids with 255 ignore). Start from ImageNet ResNet-101

@@ -270,6 +270,22 @@ def test_training_order_is_independent_of_process_count(tmp_path):
           np.concatenate([h[key] for h in halves]), whole[key])
 
 
+def test_mmseg_configs_follow_the_recipe():
+  from configs import deeplabv3plus_resnet101_cityscapes as cityscapes  # pylint: disable=g-import-not-at-top
+  from configs import deeplabv3plus_resnet50_ade20k as ade  # pylint: disable=g-import-not-at-top
+  from configs import deeplabv3plus_resnet101_voc as voc  # pylint: disable=g-import-not-at-top
+  c = cityscapes.get_config()
+  assert c.crop_size == (512, 1024) and c.num_train_steps == 80_000
+  assert (c.batch_size, c.lr_base_batch_size, c.inference) == (8, 8, 'whole')
+  assert c.model_kwargs.output_stride == 8 and c.aux_loss_weight == 0.4
+  c = ade.get_config('160k')
+  assert (c.dataset, c.num_classes, c.reduce_zero_label) == ('ade20k', 150,
+                                                             True)
+  assert c.num_train_steps == 160_000 and c.weight_decay == 5e-4
+  c = voc.get_config('40k')
+  assert c.model == 'deeplabv3plus_resnet101' and c.num_train_steps == 40_000
+
+
 # ----------------------------------------------------------------------------
 # End to end.
 # ----------------------------------------------------------------------------
