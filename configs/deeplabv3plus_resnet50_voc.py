@@ -21,8 +21,9 @@ Expected result: mmseg's published VOC 2012 val mIoU, single scale: 75.93
 (20k) and 76.81 (40k); 77.50 / 77.57 with multi-scale + flip. jaxres has not
 reproduced it: no VOC run has been made. Differences from mmseg that may cost
 points: torchvision ResNet (7x7 stem, v1.5) instead of ResNetV1c (three 3x3
-stem convs, open-mmlab weights); plain 3x3 convs in the ASPP and decoder
-instead of depthwise-separable ones; scale jitter relative to the original
+stem convs, open-mmlab weights); a 256-channel head with plain 3x3 convs
+(mmseg: 512 channels, depthwise-separable; the parameter counts are close)
+and a 1x1 ASPP fusion (mmseg: 3x3); scale jitter relative to the original
 image (mmseg rescales the short side to 512 x [0.5, 2]) and evaluation at the
 original size (mmseg: short side 512); no PhotoMetricDistortion or
 cat_max_ratio crop; poly decays to 0 (mmseg: 1e-4).
