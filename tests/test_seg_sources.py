@@ -121,6 +121,9 @@ def test_ade20k_layout_pairs_and_reduces_zero_label(tmp_path):
   with pytest.raises(segmentation.LabelError, match='num_classes=150'):
     _datasets(_config(dataset='ade20k', num_classes=151,
                       data_dir=str(tmp_path)))
+  with pytest.raises(segmentation.LabelError, match='eval_split'):
+    _datasets(_config(dataset='ade20k', num_classes=None, eval_split='test',
+                      data_dir=str(tmp_path)))
   with pytest.raises(segmentation.LabelError, match='ADEChallengeData2016'):
     _datasets(_config(dataset='ade20k', num_classes=None,
                       data_dir=str(root / 'images')))

@@ -72,8 +72,17 @@ def sources(config, train_split: Optional[str], eval_split: Optional[str],
   """(train, eval) seg_folder.PairedFiles of the ADE20K folder."""
   splits = [SPLITS.get(s, s) for s in (train_split or 'training',
                                        eval_split or 'validation')]
+  root = find_root(config.data_dir)
+  for split in splits:
+    for kind in ('images', 'annotations'):
+      if not os.path.isdir(os.path.join(root, kind, split)):
+        found = sorted(os.listdir(os.path.join(root, kind)))
+        raise FolderLayoutError(
+            f'{os.path.join(root, kind, split)} is not a folder (folders in '
+            f'{kind}/: {found}). Set config.train_split / config.eval_split '
+            'to one of them.')
   return seg_folder.folder_sources(
       config, *splits, reduce_zero_label=reduce_zero_label,
-      root=find_root(config.data_dir), image_dir=f'images/{seg_folder.SPLIT}',
+      root=root, image_dir=f'images/{seg_folder.SPLIT}',
       mask_dir=f'annotations/{seg_folder.SPLIT}', image_exts='.jpg',
       mask_exts='.png')
