@@ -17,10 +17,13 @@ Command:
 
 Hardware: sized for 8 GPUs (batch 16, two 768 crops each) or one GPU with
 >= 80 GB. Not yet timed.
-Expected result: REFERENCE.md lists no published ResNet-50 number for this
-setting; VainF reports Cityscapes val mIoU 72.1 (MobileNet) and 76.2
-(ResNet-101) at OS16, so a ResNet-50 should land between them. jaxres has not
-reproduced either: no Cityscapes run has been made.
+Expected result: VainF publishes no ResNet-50 number for this recipe; it
+reports Cityscapes val mIoU 72.1 (MobileNet) and 76.2 (ResNet-101) at OS16,
+so a ResNet-50 should land between them. mmsegmentation's ResNet-50 number,
+80.09 (R-50-D8, 512x1024 crops, 80k steps at batch 8, OS8, auxiliary head),
+is for its own recipe: deeplabv3plus_resnet101_cityscapes.py with
+--config.model=deeplabv3plus_resnet50. jaxres has not reproduced either: no
+Cityscapes run has been made.
 """
 from configs import segmentation_common
 

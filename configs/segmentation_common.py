@@ -4,6 +4,7 @@ Every field can be overridden from the command line, e.g.
 `--config.losses=ce+dice --config.loss_weights.dice=0.5`.
 """
 import ml_collections
+from ml_collections import config_dict
 
 from configs import common
 
@@ -25,7 +26,8 @@ def segmentation_config() -> ml_collections.ConfigDict:
   c.data_dir = optional(str)  # VOC-style root, or the TFDS data dir.
   c.num_classes = optional(int)  # Including background; None: the dataset's.
   c.class_names = optional(tuple)
-  c.crop_size = 512  # Training crop (square side).
+  # Training crop: a square side or (h, w); `--config.crop_size='(512, 1024)'`.
+  c.crop_size = config_dict.FieldReference(512, field_type=object)
   c.scale_range = (0.5, 2.0)
   # None: evaluate at full resolution (padded to eval_pad_multiple); an int
   # or (h, w): resize inputs to it and the logits back to each label's size.
@@ -72,6 +74,40 @@ def segmentation_config() -> ml_collections.ConfigDict:
 
   c.num_eval_images = 3  # Overlays written to TensorBoard at each eval.
   c.log_every_steps = 50
+
+  # Own folders and ADE20K (jaxres/data/seg_folder.py, ade20k.py).
+  # dataset='folder': images and masks paired by file stem under data_dir.
+  # Folder names None: detected (images/Images/imgs/..., masks/labels/
+  # Labels/annotations/...); '{split}' in a name means one folder per split
+  # ('images/{split}' -> images/train, images/val).
+  c.folder_image_dir = optional(str)
+  c.folder_mask_dir = optional(str)
+  # Comma-separated, e.g. '.png,.tif'; None: common image types / lossless
+  # mask types (.png .bmp .tif .tiff).
+  c.folder_image_exts = optional(str)
+  c.folder_mask_exts = optional(str)
+  c.folder_mask_suffix = ''  # e.g. '_mask': cat.jpg pairs with cat_mask.png.
+  # Unpaired files stop the run (listed); True: leave them out, with a count.
+  c.folder_skip_unpaired = False
+  # A folder (under data_dir) with <train_split>.txt and <eval_split>.txt
+  # listing stems; None: split by val_fraction with split_seed.
+  c.folder_split_dir = optional(str)
+  c.val_fraction = 0.1
+  c.split_seed = 0  # Fixed apart from config.seed: the split stays put.
+  # 0 -> 255 (ignore), k -> k - 1 in the masks. None: True for ADE20K (its
+  # 0 is "other"), False for own folders.
+  c.reduce_zero_label = optional(bool)
+
+  # Declared by the inference/training work; keep one copy on merge.
+  c.inference = 'whole'  # 'whole' | 'slide'.
+  c.slide_crop = optional(object)  # int or (h, w).
+  c.slide_stride = optional(object)  # int or (h, w).
+  c.slide_batch = optional(int)  # Windows per device batch.
+  c.inference_scales = (1.0,)
+  c.inference_flip = False
+  c.aux_loss_weight = optional(float)  # 0.4 for ResNet DeepLab (mmseg).
+  c.ohem_thresh = optional(float)
+  c.ohem_min_kept = optional(int)
   return c
 
 
@@ -95,4 +131,45 @@ def voc_config():
   c.freeze_bn_train_mode = True
   c.eval_every_epochs = 5.0
   c.checkpoint_every_epochs = 1.0
+  return c
+
+
+def mmseg_deeplabv3plus_config(depth: int):
+  """mmsegmentation's DeepLabV3+ R-{depth}-D8 recipe, without the data.
+
+  As in mmseg's configs/_base_/models/deeplabv3plus_r50-d8.py and
+  schedule_*k.py: output stride 8 (ASPP rates 12/24/36), 48-channel
+  low-level projection, align_corners=False, auxiliary FCN loss weight 0.4;
+  SGD momentum 0.9, lr 0.01, weight decay 5e-4, poly decay (power 0.9), no
+  warmup; random rescale 0.5-2.0, crop, flip; one forward pass on the whole
+  image at test time. The head keeps jaxres's 256 channels with plain 3x3
+  convs: mmseg's 512 channels are depthwise-separable there, and plain 3x3
+  convs at 512 would make R-50 60M parameters; 256 plain channels give
+  40.4M, about what mmseg's modules add up to (~41M without the auxiliary
+  head, our count, not a published figure). Returned unlocked: each
+  config sets the data, crop, batch and steps, then locks.
+  """
+  c = segmentation_config()
+  c.model = f'deeplabv3plus_resnet{depth}'
+  c.model_kwargs.output_stride = 8
+  c.model_kwargs.align_corners = False
+  c.aux_loss_weight = 0.4
+  c.optimizer = 'sgd'
+  c.learning_rate = 0.01
+  c.momentum = 0.9
+  c.nesterov = False
+  c.weight_decay = 5e-4
+  c.schedule = 'poly'
+  c.poly_power = 0.9
+  c.scale_range = (0.5, 2.0)
+  c.inference = 'whole'
+  c.log_every_steps = 50
+  return c
+
+
+def mmseg_steps(c, steps: int, eval_every: int):
+  """Sets the schedule length and the eval/checkpoint cadence (in steps)."""
+  c.num_train_steps = steps
+  c.eval_every_steps = eval_every
+  c.checkpoint_every_steps = min(eval_every, 2_000)
   return c

@@ -1,6 +1,8 @@
 """Segmentation label checks: mask values, sizes and 0/255 binary masks.
 
-Masks hold class indices 0..num_classes-1 and IGNORE_LABEL (255). The checks
+Masks hold class indices 0..num_classes-1 and IGNORE_LABEL (255). Datasets
+whose 0 means "unlabelled" (ADE20K) read them through ``reduce_zero_label``
+first. The checks
 run on a sample of the masks at start-up (``scan_labels``, which can also see
 that all masks are 0/255 binaries) and on every mask as it is loaded
 (``check_label``); the messages name the files and the fix.
@@ -26,6 +28,20 @@ class LabelSource(batching.Source, Protocol):
     """(height, width) of the image, cheaply (a header read)."""
 
 
+# reduce_zero_label as a lookup table: 0 -> ignore, k -> k - 1, 255 stays.
+_REDUCE_ZERO = np.concatenate([[IGNORE_LABEL], np.arange(254),
+                               [IGNORE_LABEL]]).astype(np.uint8)
+
+
+def reduce_zero_label(mask: np.ndarray) -> np.ndarray:
+  """Label 0 ("other" in ADE20K) becomes ignore, label k becomes k - 1.
+
+  mmsegmentation's reduce_zero_label: the 150 ADE20K classes are stored as
+  1..150 with 0 for unlabelled pixels, and train as 0..149.
+  """
+  return _REDUCE_ZERO[mask]
+
+
 def _fmt_files(by_file: Dict[str, Sequence[int]], limit: int = 10) -> str:
   lines = [f'  {name}: values {list(values)}'
            for name, values in list(by_file.items())[:limit]]
@@ -44,7 +60,9 @@ def out_of_range_error(by_file: Dict[str, Sequence[int]], num_classes: int,
       f'If these are real classes, set config.num_classes={max(values) + 1} '
       '(classes are 0..num_classes-1 with 0 = background). If they mark pixels '
       f'to ignore, store them as {IGNORE_LABEL} in the masks. Masks must hold '
-      'class indices (a palette or grayscale PNG), not colours.')
+      'class indices (a palette or grayscale PNG), not colours.' +
+      (' JPEG masks change values near edges: save masks as PNG.'
+       if any(n.lower().endswith(('.jpg', '.jpeg')) for n in by_file) else ''))
 
 
 def binary_mask_error(num_masks: int, split: str) -> LabelError:
@@ -54,7 +72,19 @@ def binary_mask_error(num_masks: int, split: str) -> LabelError:
       'images, not class indices. As they are, 255 is the ignore label and '
       'the model would learn background only. Set '
       'config.binary_mask_255_to_1=True to read 255 as class 1 (with '
-      'config.num_classes=2), or re-save the masks with class indices.')
+      'config.num_classes=2; on the command line --config.'
+      'binary_mask_255_to_1=True --config.num_classes=2), or re-save the '
+      'masks with class indices (0 = background, 1 = foreground).')
+
+
+def binary_255_to_1(mask: np.ndarray, name: str) -> np.ndarray:
+  """A 0/255 mask as 0/1 (config.binary_mask_255_to_1); others raise."""
+  if ((mask != 0) & (mask != IGNORE_LABEL)).any():
+    raise LabelError(
+        f'config.binary_mask_255_to_1=True, but {name} holds values '
+        f'{np.unique(mask).tolist()}, not only 0 and 255: it is not a binary '
+        'mask, so unset the flag.')
+  return np.where(mask == IGNORE_LABEL, np.uint8(1), mask)
 
 
 def check_label(label: np.ndarray, num_classes: int, name: str,

@@ -35,13 +35,16 @@ Batches (per process; b = global batch / process_count):
     label_hw / eval_size into the padded [Hl, Wl] grid) before scoring.
 
 Config fields read (all declared in configs/segmentation_common.py):
-  dataset: 'shapes_seg' | 'voc' | 'cityscapes' | 'oxford_iiit_pet'.
-  data_dir: the VOC-style root for 'voc'; the TFDS data_dir for TFDS sources
-    (None: the TFDS default).
-  train_split, eval_split: None picks the source's usual splits (voc
-    train/val, cityscapes train/validation, oxford_iiit_pet train/test).
-  num_classes: classes including background; required for 'voc', checked
-    against the source otherwise.
+  dataset: 'shapes_seg' | 'voc' | 'folder' | 'ade20k' | 'cityscapes' |
+    'oxford_iiit_pet'.
+  data_dir: the VOC-style root for 'voc', the root of the image and mask
+    folders for 'folder' (seg_folder.py), ADEChallengeData2016 for 'ade20k'
+    (ade20k.py); the TFDS data_dir for TFDS sources (None: the TFDS default).
+  train_split, eval_split: None picks the source's usual splits (voc and
+    folder train/val, ade20k training/validation, cityscapes train/validation,
+    oxford_iiit_pet train/test).
+  num_classes: classes including background; required for 'voc' and
+    'folder', checked against the source otherwise.
   crop_size: training crop, int or (h, w).
   scale_range: random rescale factor range for training.
   eval_size: None = full resolution, else int or (h, w).
@@ -58,6 +61,10 @@ Config fields read (all declared in configs/segmentation_common.py):
     holds every id of the split, else SegmentationClassAug), voc_split_dir,
     voc_image_ext (None: any of .jpg .jpeg .png .bmp), voc_mask_ext,
     class_names (None: VOC names for 21 classes).
+  Own folders: folder_image_dir, folder_mask_dir, folder_image_exts,
+    folder_mask_exts, folder_mask_suffix, folder_split_dir, val_fraction,
+    split_seed, folder_skip_unpaired (see seg_folder.py); reduce_zero_label
+    (folder: False when None; ade20k: True when None).
   oxford_iiit_pet: pets_border ('ignore' | 'background' | 'pet' | 'class').
   shapes_seg: image_size, shapes_train_size, shapes_eval_size (declared in
     configs/common.py).
@@ -235,7 +242,8 @@ class SegmentationData:
   ignore_label: int = IGNORE_LABEL
 
 
-DATASETS = ('shapes_seg', 'voc', 'cityscapes', 'oxford_iiit_pet')
+DATASETS = ('shapes_seg', 'voc', 'folder', 'ade20k', 'cityscapes',
+            'oxford_iiit_pet')
 
 
 def _sources(config):
@@ -275,6 +283,32 @@ def _sources(config):
     evals = voc.VocFolder(root, eval_split or 'val', **kwargs)
     names = config.class_names or voc.class_names(num_classes)
     return train, evals, num_classes, tuple(names)
+  if dataset == 'folder':
+    from jaxres.data import seg_folder  # pylint: disable=g-import-not-at-top
+    if not num_classes:
+      raise LabelError(
+          'config.num_classes must be set for dataset="folder": the classes '
+          'in the masks including background (2 for foreground/background).')
+    train, evals = seg_folder.folder_sources(
+        config, train_split, eval_split,
+        reduce_zero_label=bool(config.reduce_zero_label))
+    names = config.class_names or seg_folder.class_names(num_classes)
+    return train, evals, num_classes, tuple(names)
+  if dataset == 'ade20k':
+    from jaxres.data import ade20k  # pylint: disable=g-import-not-at-top
+    reduce = config.reduce_zero_label in (None, True)
+    if num_classes and num_classes != ade20k.NUM_CLASSES and reduce:
+      raise LabelError(
+          f'ADE20K has {ade20k.NUM_CLASSES} classes, but config.num_classes='
+          f'{num_classes}. Set config.num_classes={ade20k.NUM_CLASSES} (or '
+          'leave it unset).')
+    if not reduce and num_classes != ade20k.NUM_CLASSES + 1:
+      raise LabelError(
+          'config.reduce_zero_label=False keeps "other" as class 0: set '
+          f'config.num_classes={ade20k.NUM_CLASSES + 1}.')
+    train, evals = ade20k.sources(config, train_split, eval_split, reduce)
+    names = ade20k.CLASSES if reduce else ('other',) + ade20k.CLASSES
+    return train, evals, len(names), tuple(config.class_names or names)
   if dataset in ('cityscapes', 'oxford_iiit_pet'):
     from jaxres.data import seg_tfds  # pylint: disable=g-import-not-at-top
     if dataset == 'cityscapes':

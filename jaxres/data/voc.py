@@ -14,6 +14,7 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 from PIL import Image
 
+from jaxres.data import seg_labels
 from jaxres.data.errors import BadImageError
 from jaxres.data.errors import LabelError
 
@@ -32,7 +33,8 @@ def class_names(num_classes: int) -> Sequence[str]:
   return ('background',) + tuple(f'class_{i}' for i in range(1, num_classes))
 
 
-def read_split(root: str, split_dir: str, split: str) -> List[str]:
+def read_split(root: str, split_dir: str, split: str,
+               split_dir_field: str = 'voc_split_dir') -> List[str]:
   """Ids listed in root/split_dir/split.txt (first token of each line)."""
   folder = os.path.join(root, split_dir)
   path = os.path.join(folder, f'{split}.txt')
@@ -46,7 +48,7 @@ def read_split(root: str, split_dir: str, split: str) -> List[str]:
         f'Split file {path} not found. {where} Set config.train_split / '
         'config.eval_split to one of them (without .txt), or write a split '
         'file with one image id (file name without extension) per line; '
-        'config.voc_split_dir changes the folder.')
+        f'config.{split_dir_field} changes the folder.')
   with open(path) as f:
     ids = [line.split()[0] for line in f if line.strip()]
   if not ids:
@@ -184,12 +186,7 @@ class VocFolder:
   def load_label(self, index):
     mask = read_mask(self.mask_paths[index])
     if self.binary_mask_255_to_1:
-      if ((mask != 0) & (mask != 255)).any():
-        raise LabelError(
-            f'config.binary_mask_255_to_1=True, but {self.mask_paths[index]} '
-            f'holds values {np.unique(mask).tolist()}, not only 0 and 255: '
-            'it is not a binary mask, so unset the flag.')
-      mask = np.where(mask == 255, np.uint8(1), mask)
+      mask = seg_labels.binary_255_to_1(mask, self.mask_paths[index])
     return mask
 
   def load(self, index):
