@@ -72,6 +72,20 @@ def segmentation_config() -> ml_collections.ConfigDict:
 
   c.num_eval_images = 3  # Overlays written to TensorBoard at each eval.
   c.log_every_steps = 50
+
+  # Inference modes, for evaluation and jaxres.predict (jaxres/seg_inference.py;
+  # predict's --inference, --slide_crop, ... flags override them).
+  # 'whole': the (padded) image at once; 'slide': windows of slide_crop
+  # every slide_stride pixels, overlapping logits averaged (mmseg's slide).
+  c.inference = 'whole'
+  c.slide_crop = optional(object)  # int or (h, w); None: crop_size.
+  c.slide_stride = optional(object)  # int or (h, w); None: 2/3 of the crop.
+  c.slide_batch = 8  # Windows of each image per step (bounds the memory).
+  # Test-time augmentation: each scale (and its mirror image if
+  # inference_flip), softmax averaged at the input size. (1.0,) and False:
+  # none.
+  c.inference_scales = (1.0,)
+  c.inference_flip = False
   return c
 
 

@@ -23,6 +23,7 @@ import numpy as np
 import optax
 
 from jaxres import optim
+from jaxres import seg_inference
 from jaxres import seg_losses
 from jaxres import train_state
 from jaxres.config_checks import ConfigError
@@ -210,7 +211,8 @@ class Segmentation:
     step = functools.partial(
         seg_eval.eval_step, num_classes=ds.num_classes,
         ignore_label=ds.ignore_label,
-        resize_logits=self.config.eval_size is not None)
+        resize_logits=self.config.eval_size is not None,
+        inference=seg_inference.from_config(self.config))
     return step, (dp.replicated, dp.batch)
 
   def evaluate(self, eval_fn, state, ds, dp: DataParallel, step: int, writer):
