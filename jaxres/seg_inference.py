@@ -18,7 +18,8 @@ inference mode. The modes compose:
 - scales and flip: the input is resized (bilinear, half-pixel, no
   antialiasing) by each scale, also mirrored left-right if `flip`, run in
   the mode above, and the logits are resized back to the input size (and
-  mirrored back). The softmax probabilities of all variants are averaged, as
+  mirrored back; the mirror image runs in the same call as the image, as a
+  batch of 2B). The softmax probabilities of all variants are averaged, as
   mmseg's test-time augmentation does; the result is returned as their log,
   so argmax and cross-entropy read it like logits.
 
@@ -231,15 +232,19 @@ def logits(forward: Callable, images, mode: InferenceMode = WHOLE):
     raise ValueError(f'Unknown inference mode {mode.mode!r}; one of {MODES}.')
   if not mode.averages_probabilities:
     return run(images)
-  height, width = images.shape[1:3]
+  b, height, width = images.shape[:3]
   probabilities, n = 0.0, 0
   for scale in mode.scales:
     size = scaled_size(height, width, scale)
     x = images if size == (height, width) else _resize(images, size)
-    for flipped in (False, True) if mode.flip else (False,):
-      out = run(x[:, :, ::-1] if flipped else x).astype(jnp.float32)
-      if flipped:
-        out = out[:, :, ::-1]
+    if mode.flip:  # The mirror image rides in the same call: one trace.
+      both = jnp.stack([x, x[:, :, ::-1]], axis=1)
+      out = run(both.reshape(2 * b, *x.shape[1:])).astype(jnp.float32)
+      out = out.reshape(b, 2, *out.shape[1:])
+      outs = (out[:, 0], out[:, 1, :, ::-1])
+    else:
+      outs = (run(x).astype(jnp.float32),)
+    for out in outs:
       if size != (height, width):
         out = _resize(out, (height, width))
       probabilities = probabilities + jax.nn.softmax(out, axis=-1)
