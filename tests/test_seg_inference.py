@@ -24,6 +24,7 @@ from jaxres import seg_inference
 from jaxres import train_state
 from jaxres.sharding import DataParallel
 from jaxres.tasks import seg_eval
+from jaxres.tasks import segmentation
 
 NUM_CLASSES = 4
 _W = np.random.default_rng(0).normal(size=(3, 3, 3, NUM_CLASSES)).astype(
@@ -220,6 +221,16 @@ def test_config_checks_name_the_field():
     config.inference_scales = (1.0,)
   mode = seg_inference.from_config(config)  # crop_size 64, stride 2/3.
   assert (mode.crop, mode.stride, mode.batch) == ((64, 64), (42, 42), 2)
+  # The trainer's eval step runs in the config's mode.
+  ds = types.SimpleNamespace(num_classes=6, ignore_label=255)
+  step, _ = segmentation.Segmentation(config).eval_step(
+      ds, DataParallel.create(8))
+  assert step.keywords['inference'] == mode
+  with config.unlocked():
+    config.slide_stride = 80  # Larger than the default window, crop_size.
+  with pytest.raises(config_checks.ConfigError,
+                     match='slide_stride=80 must be <= crop_size=64'):
+    config_checks.check_config(config)
   with pytest.raises(predict.PredictError, match='not a size'):
     predict.with_inference_flags(config, slide_crop='big')
 

@@ -15,6 +15,7 @@ runs the backbone in inference mode (running averages, no updates).
 from __future__ import annotations
 
 import functools
+import logging
 
 import flax.linen as nn
 import jax
@@ -208,11 +209,12 @@ class Segmentation:
 
   def eval_step(self, ds, dp: DataParallel):
     """(pure eval step, its out_shardings): sums replicated, masks sharded."""
+    mode = seg_inference.from_config(self.config)
+    logging.info('Evaluation inference: %s.', mode.describe())
     step = functools.partial(
         seg_eval.eval_step, num_classes=ds.num_classes,
         ignore_label=ds.ignore_label,
-        resize_logits=self.config.eval_size is not None,
-        inference=seg_inference.from_config(self.config))
+        resize_logits=self.config.eval_size is not None, inference=mode)
     return step, (dp.replicated, dp.batch)
 
   def evaluate(self, eval_fn, state, ds, dp: DataParallel, step: int, writer):
