@@ -98,13 +98,21 @@ def segmentation_config() -> ml_collections.ConfigDict:
   # 0 is "other"), False for own folders.
   c.reduce_zero_label = optional(bool)
 
-  # Declared by the inference/training work; keep one copy on merge.
-  c.inference = 'whole'  # 'whole' | 'slide'.
-  c.slide_crop = optional(object)  # int or (h, w).
-  c.slide_stride = optional(object)  # int or (h, w).
-  c.slide_batch = optional(int)  # Windows per device batch.
+  # Inference modes, for evaluation and jaxres.predict (jaxres/seg_inference.py;
+  # predict's --inference, --slide_crop, ... flags override them).
+  # 'whole': the (padded) image at once; 'slide': windows of slide_crop
+  # every slide_stride pixels, overlapping logits averaged (mmseg's slide).
+  c.inference = 'whole'
+  c.slide_crop = optional(object)  # int or (h, w); None: crop_size.
+  c.slide_stride = optional(object)  # int or (h, w); None: 2/3 of the crop.
+  c.slide_batch = 8  # Windows of each image per step (bounds the memory).
+  # Test-time augmentation: each scale (and its mirror image if
+  # inference_flip), softmax averaged at the input size. (1.0,) and False:
+  # none.
   c.inference_scales = (1.0,)
   c.inference_flip = False
+
+  # Declared by the training work; keep one copy on merge.
   c.aux_loss_weight = optional(float)  # 0.4 for ResNet DeepLab (mmseg).
   c.ohem_thresh = optional(float)
   c.ohem_min_kept = optional(int)

@@ -59,6 +59,9 @@ def check_config(config):
   if 'tfds_read' in config:
     need(config.tfds_read in ('auto', 'shards', 'stream'),
          f'tfds_read={config.tfds_read!r} is not one of auto, shards, stream.')
+  if 'inference' in config:  # Segmentation inference modes.
+    from jaxres import seg_inference  # pylint: disable=g-import-not-at-top
+    problems += seg_inference.config_problems(config)
   if config.get('num_classes') is not None:
     need(config.num_classes > 0, f'num_classes={config.num_classes} must be > 0.')
   import jax  # pylint: disable=g-import-not-at-top

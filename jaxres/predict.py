@@ -17,7 +17,10 @@ r"""Predict with a trained checkpoint: top-k classes, or segmentation masks.
   size, `a/b_mask.png` (a palette PNG: it shows the VOC colours and reading it
   with PIL gives the class indices) and `a/b_overlay.png` (the colours blended
   over the image). Images are resized to config.eval_size if that is set, else
-  run at full resolution.
+  run at full resolution. The inference mode (config.inference, or
+  --inference=slide --slide_crop=512 --slide_stride=341, and
+  --inference_scales=0.75,1,1.25 --inference_flip) is evaluation's: see
+  jaxres/seg_inference.py.
 
 A missing checkpoint, or one written for another task, model or class count,
 is an error, and so is a non-empty --output without --overwrite: each stops
@@ -40,6 +43,7 @@ from jaxres import checkpoint as ckpt_lib
 from jaxres import config_checks
 from jaxres import inference
 from jaxres import main as main_lib
+from jaxres import seg_inference
 
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.webp', '.tif', '.tiff')
 CLASSIFICATION_BATCH = 16  # One compilation for any number of images.
@@ -215,11 +219,13 @@ def _hw(size):
       int(v) for v in size)
 
 
-def _segment_fns(model: inference.InferenceModel):
+def _segment_fns(model: inference.InferenceModel,
+                 mode: seg_inference.InferenceMode = seg_inference.WHOLE):
   """(forward, to_mask): jitted apart, so the network compiles once per input
-  shape, not once per output size."""
+  shape, not once per output size. `mode`: whole, slide, scales, flip."""
   def forward(variables, image):
-    return model.model.apply(variables, image, train=False).astype(jnp.float32)
+    apply = lambda x: model.model.apply(variables, x, train=False)
+    return seg_inference.logits(apply, image, mode).astype(jnp.float32)
 
   def to_mask(logits, hw, *, out_shape):
     """Class map [*out_shape]; the image's own (h, w) part is top-left."""
@@ -243,7 +249,9 @@ def segment(model: inference.InferenceModel, config,
   eval_size = config.get('eval_size')
   eval_size = None if eval_size is None else _hw(eval_size)
   multiple = config.get('eval_pad_multiple', 32)
-  forward, to_mask = _segment_fns(model)
+  mode = seg_inference.from_config(config)
+  logging.info('Inference: %s.', mode.describe())
+  forward, to_mask = _segment_fns(model, mode)
   written = []
   for path in images:
     rgb = _read_rgb(path)
@@ -269,6 +277,47 @@ def segment(model: inference.InferenceModel, config,
     logging.info('%s -> %s, %s (classes present: %s)', path, mask_path,
                  overlay_path, [model.class_names[c] for c in np.unique(mask)])
   return written
+
+
+def _size_flag(text: Optional[str]):
+  """'512' -> 512, '512,1024' -> (512, 1024)."""
+  try:
+    values = tuple(int(v) for v in text.replace('x', ',').split(','))
+  except ValueError as e:
+    raise PredictError(f'{text!r} is not a size: give H or H,W.') from e
+  return values[0] if len(values) == 1 else values
+
+
+def with_inference_flags(config, *, inference_mode: Optional[str] = None,
+                         slide_crop: Optional[str] = None,
+                         slide_stride: Optional[str] = None,
+                         slide_batch: Optional[int] = None,
+                         inference_scales: Optional[Sequence[str]] = None,
+                         inference_flip: Optional[bool] = None):
+  """config with the inference fields given on the command line replaced."""
+  try:
+    scales = inference_scales and tuple(float(s) for s in inference_scales)
+  except ValueError as e:
+    raise PredictError(f'--inference_scales={",".join(inference_scales)}: '
+                       'give numbers, e.g. 0.75,1,1.25.') from e
+  values = {'inference': inference_mode,
+            'slide_crop': slide_crop and _size_flag(slide_crop),
+            'slide_stride': slide_stride and _size_flag(slide_stride),
+            'slide_batch': slide_batch,
+            'inference_scales': scales,
+            'inference_flip': inference_flip}
+  values = {k: v for k, v in values.items() if v is not None}
+  if not values:
+    return config
+  if 'inference' not in config:
+    raise PredictError(
+        f'--{", --".join(values)}: inference modes are for segmentation; '
+        f'this config is for {config.get("task")}.')
+  config = config.copy_and_resolve_references()
+  with config.unlocked():
+    for name, value in values.items():
+      config[name] = value
+  return config
 
 
 # ---------------------------------------------------------------------------
@@ -319,6 +368,20 @@ def _define_flags():
   flags.DEFINE_integer('top_k', 5, 'Classification: classes listed per image.')
   flags.DEFINE_float('alpha', 0.5, 'Segmentation: opacity of the colours in '
                      'the overlays.')
+  flags.DEFINE_enum('inference', None, list(seg_inference.MODES),
+                    'Segmentation: whole image or sliding windows (default: '
+                    'config.inference).')
+  flags.DEFINE_string('slide_crop', None, 'Slide window, H or H,W (default: '
+                      'config.slide_crop, else crop_size).')
+  flags.DEFINE_string('slide_stride', None, 'Slide step, H or H,W (default: '
+                      'config.slide_stride, else 2/3 of the crop).')
+  flags.DEFINE_integer('slide_batch', None, 'Windows per step (default: '
+                       'config.slide_batch).')
+  flags.DEFINE_list('inference_scales', None, 'Test-time scales, e.g. '
+                    '0.5,0.75,1,1.25,1.5,1.75 (default: config.'
+                    'inference_scales).')
+  flags.DEFINE_bool('inference_flip', None, 'Also average the left-right '
+                    'mirrored image (default: config.inference_flip).')
   main_lib.define_common_flags('The config file the run was trained with.')
   flags.mark_flags_as_required(['config', 'input', 'output'])
 
@@ -329,7 +392,12 @@ def main(argv: Sequence[str]):
                   '--name=value.')
   main_lib.quiet_libraries(FLAGS.verbose)
   try:
-    written = predict(FLAGS.config, inputs=FLAGS.input, output=FLAGS.output,
+    config = with_inference_flags(
+        FLAGS.config, inference_mode=FLAGS.inference,
+        slide_crop=FLAGS.slide_crop, slide_stride=FLAGS.slide_stride,
+        slide_batch=FLAGS.slide_batch, inference_scales=FLAGS.inference_scales,
+        inference_flip=FLAGS.inference_flip)
+    written = predict(config, inputs=FLAGS.input, output=FLAGS.output,
                       workdir=FLAGS.workdir, checkpoint=FLAGS.checkpoint,
                       step=FLAGS.step, overwrite=FLAGS.overwrite,
                       alpha=FLAGS.alpha, top_k=FLAGS.top_k)

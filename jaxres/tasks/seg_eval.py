@@ -12,6 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxres import seg_inference
 from jaxres import seg_losses
 from jaxres import seg_metrics
 from jaxres import visualize
@@ -36,11 +37,18 @@ def resize_to_labels(logits, label_hw, label_shape):
 
 
 def eval_step(state, batch, *, num_classes: int, ignore_label: int,
-              resize_logits: bool):
-  """Confusion matrix and loss sums of one padded batch, scored at label size."""
-  logits = state.apply_fn(
-      {'params': state.params, 'batch_stats': state.batch_stats},
-      batch['image'], train=False)
+              resize_logits: bool,
+              inference: seg_inference.InferenceMode = seg_inference.WHOLE):
+  """Confusion matrix and loss sums of one padded batch, scored at label size.
+
+  `inference`: whole image (the default), sliding windows, scales and flip.
+  """
+  def forward(images):
+    return state.apply_fn(
+        {'params': state.params, 'batch_stats': state.batch_stats},
+        images, train=False)
+
+  logits = seg_inference.logits(forward, batch['image'], inference)
   labels = batch['label']
   if resize_logits:
     logits = resize_to_labels(logits, batch['label_hw'], labels.shape[1:3])

@@ -15,6 +15,7 @@ runs the backbone in inference mode (running averages, no updates).
 from __future__ import annotations
 
 import functools
+import logging
 
 import flax.linen as nn
 import jax
@@ -23,6 +24,7 @@ import numpy as np
 import optax
 
 from jaxres import optim
+from jaxres import seg_inference
 from jaxres import seg_losses
 from jaxres import train_state
 from jaxres.config_checks import ConfigError
@@ -207,10 +209,12 @@ class Segmentation:
 
   def eval_step(self, ds, dp: DataParallel):
     """(pure eval step, its out_shardings): sums replicated, masks sharded."""
+    mode = seg_inference.from_config(self.config)
+    logging.info('Evaluation inference: %s.', mode.describe())
     step = functools.partial(
         seg_eval.eval_step, num_classes=ds.num_classes,
         ignore_label=ds.ignore_label,
-        resize_logits=self.config.eval_size is not None)
+        resize_logits=self.config.eval_size is not None, inference=mode)
     return step, (dp.replicated, dp.batch)
 
   def evaluate(self, eval_fn, state, ds, dp: DataParallel, step: int, writer):
