@@ -11,6 +11,11 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ('--config=tests/tiny_config.py',)
 
 
+def xla_cache_dir() -> str:
+  """The tests' shared persistent XLA cache (see conftest.py); '' is off."""
+  return os.environ.get('JAXRES_TEST_XLA_CACHE', '')
+
+
 def env(devices: int = 1):
   e = dict(os.environ)
   # Tiny models: XLA's backend optimisations cost more compile time than

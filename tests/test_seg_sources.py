@@ -16,6 +16,7 @@ from jaxres.data import ade20k
 from jaxres.data import seg_folder
 from jaxres.data import seg_labels
 from jaxres.data import segmentation
+from tests import helpers
 
 H, W = 32, 48
 
@@ -317,7 +318,7 @@ def _tiny_run_config(data_dir, **overrides):
   c.checkpoint_every_steps = 4
   c.num_eval_images = 1
   c.data_workers = 2
-  c.compilation_cache_dir = ''
+  c.compilation_cache_dir = helpers.xla_cache_dir()
   c.freeze_backbone_epochs = None
   for k, v in overrides.items():
     setattr(c, k, v)

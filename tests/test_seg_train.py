@@ -11,6 +11,7 @@ import pytest
 from PIL import Image
 
 from configs import seg_quickstart
+from tests import helpers
 from jaxres import checkpoint as ckpt_lib
 from jaxres import predict, runner, seg_losses
 from jaxres.tasks import seg_eval, segmentation
@@ -136,7 +137,7 @@ def _tiny_config(**overrides):
   c.checkpoint_every_steps = 100
   c.label_check_files = 20
   c.num_eval_images = 2
-  c.compilation_cache_dir = ''
+  c.compilation_cache_dir = helpers.xla_cache_dir()
   for k, v in overrides.items():
     setattr(c, k, v)
   c.lock()

@@ -109,7 +109,7 @@ def test_main_on_mock_imagenet(tmp_path):
   c.checkpoint_every_steps = 2
   c.eval_every_steps = 2
   c.shuffle_buffer = 16
-  c.compilation_cache_dir = ''
+  c.compilation_cache_dir = helpers.xla_cache_dir()
   c.lock()
   with tfds.testing.mock_data(num_examples=40):
     metrics = runner.run(c, str(tmp_path / 'r'))

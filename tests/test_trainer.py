@@ -36,7 +36,7 @@ def _seg_config(**overrides):
   c.checkpoint_every_steps = 2
   c.label_check_files = 8
   c.num_eval_images = 1
-  c.compilation_cache_dir = ''
+  c.compilation_cache_dir = helpers.xla_cache_dir()
   for k, v in overrides.items():
     setattr(c, k, v)
   c.lock()

@@ -1,5 +1,6 @@
 """A tiny quickstart variant for subprocess tests: ResNet-10 at width 8."""
 from configs import quickstart
+from tests import helpers
 
 
 def get_config():
@@ -17,6 +18,6 @@ def get_config():
   c.log_every_steps = 1
   c.checkpoint_every_steps = 2
   c.eval_every_steps = 1000
-  c.compilation_cache_dir = ''
+  c.compilation_cache_dir = helpers.xla_cache_dir()
   c.lock()
   return c
