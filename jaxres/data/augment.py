@@ -252,18 +252,35 @@ OPS: Tuple[Tuple[str, Callable], ...] = (
 OP_INDEX = {name: i for i, (name, _) in enumerate(OPS)}
 
 
+@functools.lru_cache(maxsize=None)
+def _op_function():
+  """One traced dispatch over OPS, shared by every call and every pipeline
+  (tracing the 16 branches at each use would cost seconds per pipeline)."""
+  tf = _tf()
+
+  @tf.function(input_signature=[
+      tf.TensorSpec([None, None, 3], tf.float32),
+      tf.TensorSpec([], tf.int32), tf.TensorSpec([], tf.float32)])
+  def dispatch(image, op, value):
+    branches = [functools.partial(lambda fn: fn(image, value), fn)
+                for _, fn in OPS]
+    return tf.switch_case(op, branches)
+
+  return dispatch
+
+
 def apply_op(image, op, value):
   """OPS[op](image, value) for a scalar int32 tensor ``op``."""
   tf = _tf()
-  value = tf.cast(value, tf.float32)
-  branches = [functools.partial(lambda fn: fn(image, value), fn)
-              for _, fn in OPS]
-  return tf.switch_case(op, branches)
+  out = _op_function()(image, tf.cast(op, tf.int32),
+                       tf.cast(value, tf.float32))
+  return tf.ensure_shape(out, image.shape)
 
 
 def _apply_if(image, apply, op, value):
+  """apply_op, or the identity op where ``apply`` is False."""
   tf = _tf()
-  return tf.cond(apply, lambda: apply_op(image, op, value), lambda: image)
+  return apply_op(image, tf.where(apply, op, OP_INDEX['identity']), value)
 
 
 # ----------------------------------------------------------------------------
@@ -571,6 +588,12 @@ class NumpyAugment:
     out = self._fn(tf.constant(image, tf.uint8),
                    tf.constant(np.asarray(seed, np.int64)))
     return out.numpy()
+
+
+@functools.lru_cache(maxsize=None)
+def numpy_augment(augment: Augment) -> NumpyAugment:
+  """A NumpyAugment per distinct Augment, traced once per process."""
+  return NumpyAugment(augment)
 
 
 def seed_from_rng(rng: np.random.Generator) -> np.ndarray:

@@ -340,7 +340,7 @@ def train_transform(image_size: int, augment=None,
   """Crop, flip [, augment.Augment ``augment``], normalise."""
   augment_fn = None
   if augment is not None and augment.active:
-    augment_fn = augment_lib.NumpyAugment(augment)
+    augment_fn = augment_lib.numpy_augment(augment)
     seed_from_rng = augment_lib.seed_from_rng
 
   def transform(example, rng, slot):
