@@ -195,6 +195,15 @@ def test_interpolation(tmp_path):
   assert bicubic.shape == (16, 16, 3) and not np.array_equal(bilinear, bicubic)
   with pytest.raises(ValueError, match='interpolation'):
     folder.load_eval(path, 16, interpolation='nearest')
+  # predict.py preprocesses as the eval pipeline of the same config.
+  from etils.epath import Path  # pylint: disable=g-import-not-at-top
+  from jaxres import predict  # pylint: disable=g-import-not-at-top
+  config = common.classification_config()
+  config.update(dict(dataset='folder', image_size=16, eval_crop_pct=0.6,
+                     interpolation='bicubic'))
+  np.testing.assert_array_equal(
+      predict.classification_input(Path(path), config),
+      folder.load_eval(path, 16, crop_pct=0.6, interpolation='bicubic'))
 
 
 def test_config_defaults_and_checks():
