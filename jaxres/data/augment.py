@@ -571,17 +571,20 @@ def augment_and_normalize(image, seed, augment: Augment):
 class NumpyAugment:
   """``augment(uint8 [S, S, 3] array, seed (2 ints)) -> float32 normalised``.
 
-  For the numpy pipelines (folder.py): one traced tf.function per image
-  shape; safe to call from several threads (TF releases the GIL while it
+  For the numpy pipelines (folder.py): one traced function for all image
+  sizes; safe to call from several threads (TF releases the GIL while it
   runs).
   """
 
   def __init__(self, augment: Augment):
     tf = _tf()
     self.augment = augment
+    # Traced here, once: threads calling an untraced tf.function together
+    # would each trace it.
     self._fn = tf.function(
         lambda image, seed: augment_and_normalize(image, seed, augment),
-        reduce_retracing=True)
+        input_signature=[tf.TensorSpec([None, None, 3], tf.uint8),
+                         tf.TensorSpec([2], tf.int64)]).get_concrete_function()
 
   def __call__(self, image: np.ndarray, seed: Sequence[int]) -> np.ndarray:
     tf = _tf()
