@@ -535,12 +535,15 @@ def random_erase(image, seed, probability: float):
   fits, top, left, h, w = erase_window(window_seed, height, width)
   erase = tf.logical_and(
       fits, tf.random.stateless_uniform([], gate_seed) < probability)
-  rows = tf.range(height)[:, None, None]
-  cols = tf.range(width)[None, :, None]
-  inside = ((rows >= top) & (rows < top + h) & (cols >= left) &
-            (cols < left + w) & erase)
-  noise = tf.random.stateless_normal(shape, fill_seed, dtype=image.dtype)
-  return tf.where(inside, noise, image)
+
+  def erased():  # Draws only the rectangle's h * w * 3 values.
+    noise = tf.random.stateless_normal([h, w, shape[2]], fill_seed,
+                                       dtype=image.dtype)
+    padding = [[top, height - top - h], [left, width - left - w], [0, 0]]
+    inside = tf.pad(tf.ones([h, w, 1], image.dtype), padding) > 0
+    return tf.where(inside, tf.pad(noise, padding), image)
+
+  return tf.cond(erase, erased, lambda: image)
 
 
 # ----------------------------------------------------------------------------

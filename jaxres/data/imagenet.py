@@ -40,6 +40,7 @@ from typing import Iterator, Optional, Sequence, Tuple
 import numpy as np
 
 from jaxres import data as data_lib
+from jaxres.data import augment as augment_lib
 from jaxres.data import batching
 
 CROP_PADDING = 32  # Eval default: centre crop image_size / (image_size + 32).
@@ -209,11 +210,10 @@ def _random_window(shape, seed, image_size):
 
 
 def _resize_method(interpolation: Optional[str]):
-  from jaxres.data import augment  # pylint: disable=g-import-not-at-top
   interpolation = interpolation or INTERPOLATION
-  if interpolation not in augment.INTERPOLATIONS:
+  if interpolation not in augment_lib.INTERPOLATIONS:
     raise ValueError(f'config.interpolation={interpolation!r} is not one of '
-                     f'{augment.INTERPOLATIONS}.')
+                     f'{augment_lib.INTERPOLATIONS}.')
   return interpolation
 
 
@@ -225,7 +225,6 @@ def _finish(image, image_size, dtype, interpolation=None, augment=None,
                           method=_resize_method(interpolation))[0]
   image = tf.clip_by_value(image, 0.0, 255.0)
   if augment is not None and augment.active:
-    from jaxres.data import augment as augment_lib  # pylint: disable=g-import-not-at-top
     image = augment_lib.augment_and_normalize(tf.round(image), seed, augment)
   else:
     image = (image - tf.constant(data_lib.MEAN_RGB, shape=[1, 1, 3])) / (
