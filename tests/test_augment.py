@@ -291,7 +291,7 @@ def test_tfds_randaugment_resumes_exactly(tmp_path):
                      num_classes=1000, shuffle_buffer=8,
                      augment='randaugment', randaugment_mstd=0.5,
                      random_erasing=0.5))
-  with tfds.testing.mock_data(num_examples=8):  # 2 steps per epoch.
+  with tfds.testing.mock_data(num_examples=12):  # 3 steps per epoch.
     def train(start_step, process_index=0, process_count=1):
       data = data_lib.get_classification_datasets(
           config, seed=2, process_index=process_index,
