@@ -9,7 +9,8 @@ temporary image folder of the embedded generated 'shapes' images (drawn at
 
 Column names: 'none', 'randaugment', 'trivialaugment', 'autoaugment', or
 one of them + '+erasing' (random erasing with the config's probability, or
-always if that is 0, so that the column shows it). The config's randaugment_n/m/mstd, interpolation and seed apply.
+always if that is 0, so that the column shows it). The config's
+randaugment_n/m/mstd, interpolation and seed apply.
 
 The committed figure (experiments/results/augment_grid.png):
   python experiments/augment_grid.py --config=configs/quickstart.py \

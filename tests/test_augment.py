@@ -1,4 +1,4 @@
-"""Tests for jaxres/data/augment.py and its use by the TFDS and folder pipelines."""
+"""Tests for jaxres/data/augment.py, augment_ops.py and their pipelines."""
 import os
 
 import numpy as np
@@ -11,6 +11,7 @@ from configs import common
 import jaxres.data as data_lib
 from jaxres import config_checks
 from jaxres.data import augment
+from jaxres.data import augment_ops
 from jaxres.data import batching
 from jaxres.data import folder
 from jaxres.data import shapes
@@ -72,7 +73,7 @@ def test_magnitude_zero_is_identity(image):
                    'brightness', 'sharpness', 'shear_x', 'shear_y',
                    'translate_x', 'translate_y')
   assert set(identity_at_0) < set(augment.RANDAUGMENT_OPS)
-  ops = dict(augment.OPS)
+  ops = dict(augment_ops.OPS)
   for name in identity_at_0:
     out = ops[name](x, tf.constant(_level0(name))).numpy()
     np.testing.assert_array_equal(out, image, err_msg=name)
@@ -89,19 +90,19 @@ def test_ops_follow_pil(image):
   pil = Image.fromarray(image)
   x = tf.constant(image, tf.float32)
   pairs = (
-      (augment.color(x, 1.6), ImageEnhance.Color(pil).enhance(1.6), 1),
-      (augment.contrast(x, 0.4), ImageEnhance.Contrast(pil).enhance(0.4), 1),
-      (augment.brightness(x, 1.3),
+      (augment_ops.color(x, 1.6), ImageEnhance.Color(pil).enhance(1.6), 1),
+      (augment_ops.contrast(x, 0.4), ImageEnhance.Contrast(pil).enhance(0.4), 1),
+      (augment_ops.brightness(x, 1.3),
        ImageEnhance.Brightness(pil).enhance(1.3), 1),
-      (augment.sharpness(x, 1.8), ImageEnhance.Sharpness(pil).enhance(1.8),
+      (augment_ops.sharpness(x, 1.8), ImageEnhance.Sharpness(pil).enhance(1.8),
        1),
-      (augment.posterize(x, 3.0), ImageOps.posterize(pil, 3), 0),
-      (augment.solarize(x, 100.0), ImageOps.solarize(pil, 100), 0),
-      (augment.auto_contrast(x), ImageOps.autocontrast(pil), 1),
-      (augment.equalize(x), ImageOps.equalize(pil), 0),
-      (augment.invert(x), ImageOps.invert(pil), 0),
+      (augment_ops.posterize(x, 3.0), ImageOps.posterize(pil, 3), 0),
+      (augment_ops.solarize(x, 100.0), ImageOps.solarize(pil, 100), 0),
+      (augment_ops.auto_contrast(x), ImageOps.autocontrast(pil), 1),
+      (augment_ops.equalize(x), ImageOps.equalize(pil), 0),
+      (augment_ops.invert(x), ImageOps.invert(pil), 0),
       # Affine ops sample as PIL does, away from the filled border.
-      (augment.translate_x(x, 5.0),
+      (augment_ops.translate_x(x, 5.0),
        pil.transform(pil.size, Image.AFFINE, (1, 0, 5, 0, 1, 0),
                      Image.BILINEAR), 0),
   )
@@ -110,11 +111,11 @@ def test_ops_follow_pil(image):
     if i == len(pairs) - 1:
       diff = diff[:, :-6]
     assert diff.max() <= tolerance, i
-  rotated = augment.rotate(x, 20.0).numpy()[4:-4, 4:-4]
+  rotated = augment_ops.rotate(x, 20.0).numpy()[4:-4, 4:-4]
   reference = np.asarray(pil.rotate(20, Image.BILINEAR), np.float32)[4:-4, 4:-4]
   assert np.abs(rotated - reference).mean() < 2  # PIL's fixed-point bilinear.
   # The uncovered corner takes the ImageNet mean colour.
-  corner = augment.rotate(x, 45.0).numpy()[0, 0]
+  corner = augment_ops.rotate(x, 45.0).numpy()[0, 0]
   np.testing.assert_allclose(corner, np.round(data_lib.MEAN_RGB), atol=1)
 
 
@@ -172,9 +173,9 @@ def test_eval_crop_pct_sets_the_resize():
   # TFDS: the window side is crop_pct of the shorter side; None keeps
   # image_size / (image_size + 32).
   shape = tf.constant([100, 200, 3])
-  window = imagenet._center_window(shape, 32, 0.5).numpy()  # pylint: disable=protected-access
-  assert window.tolist() == [25, 75, 50, 50]
-  window = imagenet._center_window(shape, 224).numpy()  # pylint: disable=protected-access
+  center_window = imagenet._center_window  # pylint: disable=protected-access
+  assert center_window(shape, 32, 0.5).numpy().tolist() == [25, 75, 50, 50]
+  window = center_window(shape, 224).numpy()
   assert window[2] == int(224 / 256 * 100)
   # The crop is resized to image_size, whatever crop_pct.
   jpeg = tf.io.encode_jpeg(tf.constant(
