@@ -1,4 +1,5 @@
 """Tests for jaxres/data/augment.py, augment_ops.py and their pipelines."""
+import math
 import os
 
 import numpy as np
@@ -79,10 +80,20 @@ def test_magnitude_zero_is_identity(image):
     np.testing.assert_array_equal(out, image, err_msg=name)
   # timm's increasing Posterize keeps 4 bits at level 0 (0 at level 10).
   assert _level0('posterize') == 4.0
-  # The whole policy at m=0 only changes pixels through the ops without a
-  # magnitude (auto contrast, equalize, invert) and Posterize.
-  out = augment.randaugment(x, tf.constant([1, 2], tf.int64), n=3, m=0.0)
-  assert out.shape == (SIZE, SIZE, 3)
+  # torchvision's tables: bin 0 is the identity (Solarize at 255 inverts
+  # only pure white, as torchvision's does).
+  # pylint: disable=protected-access
+  trivial = {name: m for name, m, _ in augment._trivial_table()}
+  for name in ('shear_x', 'translate_y', 'rotate', 'color', 'sharpness'):
+    assert trivial[name][0] == 0
+  assert trivial['posterize'][[0, 15, 30]].tolist() == [8, 5, 2]
+  assert trivial['rotate'][-1] == 135 and trivial['solarize'][-1] == 0
+  aa = augment._autoaugment_magnitude
+  assert [aa('posterize', b) for b in range(10)] == [8, 8, 7, 7, 6, 6, 5, 5,
+                                                      4, 4]
+  assert aa('rotate', 9) == 30 and aa('solarize', 0) == 255
+  assert aa('color', 0) == 0 and math.isclose(aa('shear_x', 9), 0.3)
+  # pylint: enable=protected-access
 
 
 def test_ops_follow_pil(image):
