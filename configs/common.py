@@ -97,4 +97,22 @@ def classification_config() -> ml_collections.ConfigDict:
   # order does not depend on P) or 'auto' (stream with one process, shards
   # with several, stream when continuing a run whose order is global).
   c.tfds_read = 'auto'
+
+  # Augmentation (TFDS and folder datasets; jaxres/data/augment.py). Every
+  # draw is a function of (seed, step, example position): resume is exact.
+  # 'none' | 'randaugment' (timm rand-m{m}-n{n}-mstd{mstd}-inc1) |
+  # 'trivialaugment' (torchvision TrivialAugmentWide) | 'autoaugment'
+  # (ImageNet policy).
+  c.augment = 'none'
+  c.randaugment_n = 2  # Ops per image.
+  c.randaugment_m = 9.0  # Magnitude on timm's 0-10 scale.
+  c.randaugment_mstd = 0.0  # timm's per-op magnitude noise std (inf: uniform).
+  c.random_erasing = 0.0  # Probability; timm 'pixel' mode (N(0, 1) fill).
+  # Eval: shorter side resized to image_size / eval_crop_pct, centre crop.
+  # None keeps each pipeline's rule: TFDS image_size / (image_size + 32),
+  # folder 0.875 (both 224/256 at 224).
+  c.eval_crop_pct = optional(float)
+  # Train and eval resizes: 'bilinear' | 'bicubic'. None keeps each
+  # pipeline's: TFDS bicubic, folder bilinear.
+  c.interpolation = optional(str)
   return c

@@ -25,6 +25,11 @@ One run, the same generated JPEGs for all four pipelines:
              scale, pad to the crop (image 0, mask 255), random crop, flip,
              to tensor, normalise; DataLoader workers.
 
+Augmentation rows (--augments): the jaxres ImageNet pipeline again, right
+after its plain row and with the same data, with each training augmentation
+of jaxres.data.augment (RandAugment n=2 m=9, TrivialAugmentWide, AutoAugment
+ImageNet, RandAugment + random erasing p=0.25); each row records 'augment'.
+
 Workers: tf.data private thread pool / jaxres data threads / DataLoader
 worker processes, one count per run (--workers=1,2). Reported per pipeline:
 wall images/s and images per CPU-second of this process plus its live child
@@ -33,7 +38,8 @@ when other processes share the machine.
 
 Needs TensorFlow (the jaxres ImageNet side), PIL, numpy, torch.
 
-Example (BENCHMARKS.md, about 3 minutes on 2 cores):
+Example (BENCHMARKS.md, about 3 minutes on 2 cores, plus about 1 minute per
+augmentation row and worker count):
   python experiments/input_pipeline_benchmark.py --workers=1,2 \
       --json=experiments/results/cpu_input_pipelines.json
 """
@@ -59,6 +65,9 @@ MEAN = np.array([0.485, 0.456, 0.406], np.float32)
 STD = np.array([0.229, 0.224, 0.225], np.float32)
 NUM_SEG_CLASSES = 21
 PIPELINES = ('jaxres_imagenet', 'torch_imagenet', 'jaxres_seg', 'torch_seg')
+AUGMENTS = ('randaugment', 'trivialaugment', 'autoaugment',
+            'randaugment+erasing')
+ERASING_PROBABILITY = 0.25  # timm's usual --reprob.
 
 
 def parse_args(argv=None):
@@ -75,6 +84,9 @@ def parse_args(argv=None):
   p.add_argument('--workers', default='1,2',
                  help='comma-separated worker counts (threads or processes)')
   p.add_argument('--pipelines', default=','.join(PIPELINES))
+  p.add_argument('--augments', default=','.join(AUGMENTS),
+                 help='extra jaxres_imagenet rows, one per augmentation '
+                 '(policy[+erasing]); "" for none')
   p.add_argument('--warmup_images', type=int, default=128)
   p.add_argument('--images', type=int, default=640,
                  help='images per timed window')
@@ -88,6 +100,7 @@ def parse_args(argv=None):
   args.scale_range = tuple(float(v) for v in args.scale_range.split(','))
   args.workers = [int(w) for w in args.workers.split(',')]
   args.pipelines = args.pipelines.split(',')
+  args.augments = [a for a in args.augments.split(',') if a]
   return args
 
 
@@ -183,8 +196,22 @@ def write_data(workdir, num_images, num_shards, quality, seed=0):
 # jaxres pipelines.
 # ---------------------------------------------------------------------------
 
+def augment_spec(name):
+  """'policy[+erasing]' -> jaxres.data.augment.Augment (None for 'none')."""
+  if REPO not in sys.path:
+    sys.path.insert(0, REPO)
+  from jaxres.data import augment  # pylint: disable=g-import-not-at-top
+  if name in (None, 'none'):
+    return None
+  policy, _, extra = name.partition('+')
+  if extra not in ('', 'erasing'):
+    raise ValueError(f'--augments entry {name!r}: the suffix is "+erasing".')
+  return augment.Augment(
+      policy=policy, random_erasing=ERASING_PROBABILITY if extra else 0.0)
+
+
 def jaxres_imagenet(paths, *, threads, batch_size, image_size, dtype='float32',
-                    seed=0):
+                    seed=0, augment=None):
   """jaxres.data.imagenet's training pipeline over the generated shards."""
   tf = _tf()
   if REPO not in sys.path:
@@ -209,7 +236,8 @@ def jaxres_imagenet(paths, *, threads, batch_size, image_size, dtype='float32',
   def preprocess(index, example):
     rng = tf.stack([tf.constant(seed, tf.int64), index])
     image = imagenet.preprocess_for_train(example['image'], rng, image_size,
-                                          tf_dtype, is_jpeg=True)
+                                          tf_dtype, is_jpeg=True,
+                                          augment=augment)
     return dict(image=image, label=tf.cast(example['label'], tf.int32))
 
   ds = ds.map(preprocess, num_parallel_calls=tf.data.AUTOTUNE,
@@ -218,9 +246,10 @@ def jaxres_imagenet(paths, *, threads, batch_size, image_size, dtype='float32',
   return ds.prefetch(tf.data.AUTOTUNE).with_options(options)
 
 
-def jaxres_imagenet_batches(paths, workers, args):
+def jaxres_imagenet_batches(paths, workers, args, augment=None):
   ds = jaxres_imagenet(paths, threads=workers, batch_size=args.batch_size,
-                       image_size=args.image_size)
+                       image_size=args.image_size,
+                       augment=augment_spec(augment))
   return ds.as_numpy_iterator(), args.batch_size
 
 
@@ -474,21 +503,37 @@ def _run(args, workdir):
       'jaxres_seg': lambda w: jaxres_seg_batches(voc_root, w, args),
       'torch_seg': lambda w: torch_seg_batches(voc_root, w, args),
   }
+  result['augments'] = args.augments
+  result['erasing_probability'] = ERASING_PROBABILITY
   for workers in args.workers:
     for name in args.pipelines:
-      load = os.getloadavg()[0]
-      batches, batch_size = makers[name](workers)
-      run = measure(batches, batch_size, warmup_images=args.warmup_images,
-                    images=args.images, windows=args.windows)
-      del batches  # Ends DataLoader workers before the next pipeline.
-      run.update(pipeline=name, workers=workers, loadavg_start=load,
-                 loadavg_end=os.getloadavg()[0])
-      result['runs'].append(run)
-      print(f"{name} workers {workers}: {run['images_per_s']:.0f} img/s wall, "
-            f"{run['images_per_cpu_s']:.0f} img per CPU-second "
-            f"(load {load:.1f})", flush=True)
+      variants = [None]
+      if name == 'jaxres_imagenet':
+        variants += args.augments
+      for augment in variants:
+        load = os.getloadavg()[0]
+        if augment is None:
+          batches, batch_size = makers[name](workers)
+        else:
+          batches, batch_size = jaxres_imagenet_batches(shards, workers, args,
+                                                        augment)
+        run = measure(batches, batch_size, warmup_images=args.warmup_images,
+                      images=args.images, windows=args.windows)
+        del batches  # Ends DataLoader workers before the next pipeline.
+        run.update(pipeline=name, workers=workers, loadavg_start=load,
+                   loadavg_end=os.getloadavg()[0])
+        if name == 'jaxres_imagenet':
+          run['augment'] = augment or 'none'
+        result['runs'].append(run)
+        label = name + (f' + {augment}' if augment else '')
+        print(f"{label} workers {workers}: {run['images_per_s']:.0f} img/s "
+              f"wall, {run['images_per_cpu_s']:.0f} img per CPU-second "
+              f"(load {load:.1f})", flush=True)
   print()
   print(format_table(result))
+  if args.augments and 'jaxres_imagenet' in args.pipelines:
+    print()
+    print(format_augment_table(result))
   imagenet = [r['images_per_cpu_s'] for r in result['runs']
               if r['pipeline'] == 'jaxres_imagenet']
   for target in (float(t) for t in args.target_images_per_s.split(',')):
@@ -502,7 +547,8 @@ def _run(args, workdir):
 
 
 def format_table(result):
-  runs = {(r['pipeline'], r['workers']): r for r in result['runs']}
+  runs = {(r['pipeline'], r['workers']): r for r in result['runs']
+          if r.get('augment', 'none') == 'none'}
   lines = ['| task | workers | jaxres img/s | PyTorch img/s | jaxres img per '
            'CPU-s | PyTorch img per CPU-s | per-core ratio | load avg |',
            '|---|---|---|---|---|---|---|---|']
@@ -520,6 +566,22 @@ def format_table(result):
           f"| {task} | {workers} | {fmt(jx, 'images_per_s')} | "
           f"{fmt(pt, 'images_per_s')} | {fmt(jx, 'images_per_cpu_s')} | "
           f"{fmt(pt, 'images_per_cpu_s')} | {ratio} | {', '.join(loads)} |")
+  return '\n'.join(lines)
+
+
+def format_augment_table(result):
+  """The jaxres ImageNet rows, one per augmentation, against 'none'."""
+  runs = [r for r in result['runs'] if r['pipeline'] == 'jaxres_imagenet']
+  plain = {r['workers']: r for r in runs if r.get('augment') == 'none'}
+  lines = ['| augment | workers | img/s | img per CPU-s | per-core vs none '
+           '| load avg |', '|---|---|---|---|---|---|']
+  for r in sorted(runs, key=lambda r: r['workers']):
+    base = plain.get(r['workers'])
+    ratio = (f"{r['images_per_cpu_s'] / base['images_per_cpu_s']:.2f}"
+             if base else 'n/a')
+    lines.append(f"| {r.get('augment', 'none')} | {r['workers']} | "
+                 f"{r['images_per_s']:.0f} | {r['images_per_cpu_s']:.0f} | "
+                 f"{ratio} | {r['loadavg_start']:.1f} |")
   return '\n'.join(lines)
 
 

@@ -16,6 +16,42 @@ _DURATIONS = (('num_train', True), ('warmup', True), ('eval_every', False),
               ('checkpoint_every', False), ('log_every', False))
 
 
+def _check_augment(config, need):
+  from jaxres.data import augment  # pylint: disable=g-import-not-at-top
+  need(config.augment in augment.POLICIES,
+       f'augment={config.augment!r} is not one of '
+       f'{", ".join(augment.POLICIES)}.')
+  if config.augment == 'randaugment':
+    need(config.randaugment_n >= 1,
+         f'randaugment_n={config.randaugment_n} must be >= 1 (ops per '
+         "image; augment='none' turns RandAugment off).")
+    need(0 <= config.randaugment_m <= augment.MAX_LEVEL,
+         f'randaugment_m={config.randaugment_m} must be in [0, '
+         f'{augment.MAX_LEVEL:g}] (timm\'s scale; torchvision\'s 0-30 bins '
+         'are not used here).')
+    need(config.randaugment_mstd >= 0,
+         f'randaugment_mstd={config.randaugment_mstd} must be >= 0 '
+         '(inf draws the magnitude uniformly in [0, randaugment_m]).')
+  need(0 <= config.random_erasing <= 1,
+       f'random_erasing={config.random_erasing} must be a probability in '
+       '[0, 1].')
+  crop_pct = config.get('eval_crop_pct')
+  need(crop_pct is None or 0 < crop_pct <= 1,
+       f'eval_crop_pct={crop_pct} must be in (0, 1] (e.g. 0.875 = resize '
+       'to 256 and crop 224), or None for the pipeline default.')
+  interpolation = config.get('interpolation')
+  need(interpolation is None or interpolation in augment.INTERPOLATIONS,
+       f'interpolation={interpolation!r} is not one of '
+       f'{", ".join(augment.INTERPOLATIONS)} (or None for the pipeline '
+       'default).')
+  need(config.get('dataset') not in ('shapes', 'synthetic') or (
+      config.augment == 'none' and config.random_erasing == 0),
+       f'augment={config.augment!r}, random_erasing={config.random_erasing}: '
+       'augmentation applies to TFDS and folder datasets, not '
+       f'dataset={config.get("dataset")!r} (whose pipeline would ignore it); '
+       "set augment='none' and random_erasing=0.")
+
+
 def check_config(config):
   problems = []
 
@@ -62,6 +98,8 @@ def check_config(config):
   if 'inference' in config:  # Segmentation inference modes.
     from jaxres import seg_inference  # pylint: disable=g-import-not-at-top
     problems += seg_inference.config_problems(config)
+  if 'augment' in config:
+    _check_augment(config, need)
   if config.get('num_classes') is not None:
     need(config.num_classes > 0, f'num_classes={config.num_classes} must be > 0.')
   import jax  # pylint: disable=g-import-not-at-top

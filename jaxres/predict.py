@@ -129,18 +129,20 @@ def classification_input(path: epath.Path, config) -> np.ndarray:
   from jaxres.data import imagenet  # pylint: disable=g-import-not-at-top
   size = config.image_size
   dataset = config.get('dataset')
+  crop_pct = config.get('eval_crop_pct')
   if dataset in RESIZE_ONLY_DATASETS:
     def window(h, w):  # The whole image.
       return (0, 0, w, h)
   elif dataset == 'folder':
-    window = lambda h, w: folder.eval_window(h, w, size)
-  else:  # TFDS (jaxres.data.imagenet): the centre size / (size + 32).
+    window = lambda h, w: folder.eval_window(h, w, size, crop_pct)
+  else:  # TFDS (jaxres.data.imagenet): the centre crop_pct, size / (size + 32).
     def window(h, w):
-      side = size / (size + imagenet.CROP_PADDING) * min(h, w)
+      side = (crop_pct or imagenet.default_crop_pct(size)) * min(h, w)
       top, left = (h - side) / 2, (w - side) / 2
       return (left, top, left + side, top + side)
   try:
-    return folder.decode(_read_bytes(path), window, size)
+    return folder.decode(_read_bytes(path), window, size,
+                         config.get('interpolation'))
   except folder.BadImageError as e:
     raise PredictError(f'Cannot read image {path}: {e}') from e
 

@@ -20,6 +20,14 @@ Config fields read (``ml_collections.ConfigDict``):
                      dataset's count, any other value must equal it.
   input_dtype        'float32'; 'bfloat16' halves host to device traffic
                      for TFDS, folder and synthetic inputs.
+  augment, randaugment_n, randaugment_m, randaugment_mstd, random_erasing
+                     TFDS and folder training augmentation (augment.py);
+                     'shapes' and 'synthetic' ignore them.
+  eval_crop_pct      TFDS and folder eval: shorter side resized to
+                     image_size / eval_crop_pct, centre crop. None: TFDS
+                     image_size / (image_size + 32), folder 0.875.
+  interpolation      TFDS and folder train and eval resizes: 'bilinear' or
+                     'bicubic'. None: TFDS bicubic, folder bilinear.
   shapes_train_size, shapes_eval_size   examples drawn for 'shapes'.
 Not declared in configs/common.py, read with defaults: data_workers (threads;
 shapes: 4 at most, folder: os.cpu_count()), prefetch_batches (2) and the
@@ -200,20 +208,26 @@ def get_classification_datasets(config, *, seed: int, process_index: int,
     _check_num_classes(config, data.num_classes)
     return data
 
-  from jaxres.data import imagenet
+  from jaxres.data import augment, imagenet
   builder = imagenet.get_builder(config.dataset, config.data_dir)
   num_classes = _check_num_classes(config, imagenet.num_classes(builder))
   train_split, eval_split = imagenet.default_splits(builder)
-  common = dict(image_size=image_size, dtype=dtype, **proc)
+  interpolation = config.get('interpolation')
+  common = dict(image_size=image_size, dtype=dtype,
+                interpolation=interpolation, **proc)
+  train_augment = augment.Augment.from_config(config)
 
   def train_iter_fn(start_step):
     return imagenet.train_iterator(
         builder, batch_size, seed=seed, start_step=start_step,
         split=train_split, shuffle_buffer=config.shuffle_buffer or 16 * 1024,
-        read=tfds_read(config, process_count), **common)
+        read=tfds_read(config, process_count), augment=train_augment,
+        **common)
 
   eval_iter_fn = functools.partial(imagenet.eval_iterator, builder,
-                                   eval_batch_size, split=eval_split, **common)
+                                   eval_batch_size, split=eval_split,
+                                   crop_pct=config.get('eval_crop_pct'),
+                                   **common)
   return ClassificationData(
       train_iter_fn, eval_iter_fn, imagenet.num_examples(builder, train_split),
       imagenet.num_examples(builder, eval_split), num_classes,

@@ -16,16 +16,21 @@ pixels that way (several times cheaper for large photos).
 Train: random-resized crop (area 8-100 % of the image, aspect 3/4-4/3 log-
 uniform, 10 tries, else the eval centre window; torchvision's sampler, where
 imagenet.py uses TF's), resized bilinearly to ``image_size``, random
-horizontal flip. Order, randomness, the split over processes and the eval
+horizontal flip, then ``config.augment`` / ``config.random_erasing`` if set
+(augment.py's TensorFlow ops, called on each crop; TensorFlow is imported
+only then), seeded by two integers drawn from the example's rng after the
+crop and flip. Order, randomness, the split over processes and the eval
 padding are batching.py's: step s is batch s % S of epoch s // S, epoch e
 reads ``batching.epoch_permutation(n, seed, e)``, and example j of the global
 batch at step s draws from rng (seed, 1, s, j). ``train_iter_fn(k)`` yields
 what ``train_iter_fn(0)`` yields from its k-th batch on, and the processes'
 rows concatenate to the one-process batch.
 
-Eval: shorter side resized (bilinear) to ``image_size / 0.875`` (256 for 224),
-centre ``image_size`` crop, i.e. torchvision's Resize(256) + CenterCrop(224)
-computed in one resize of the crop window. Global batch k holds examples
+Eval: shorter side resized to ``image_size / crop_pct`` (config.eval_crop_pct,
+default 0.875: 256 for 224), centre ``image_size`` crop, i.e. torchvision's
+Resize(256) + CenterCrop(224) computed in one resize of the crop window.
+Train and eval resizes use config.interpolation (default 'bilinear', or
+'bicubic'). Global batch k holds examples
 [k B, (k + 1) B) in file order, each process its contiguous slice; the last
 batch is padded with mask 0, so every example is counted exactly once.
 
@@ -35,7 +40,8 @@ permutation (train) or masks the slot (eval). The count and the first file
 names are logged at each epoch boundary and after each eval pass.
 
 Config fields: data_dir (the root folder), image_size, batch_size and
-eval_batch_size (global), num_classes (None: the number of class folders).
+eval_batch_size (global), num_classes (None: the number of class folders),
+augment, randaugment_n/m/mstd, random_erasing, eval_crop_pct, interpolation.
 Not declared in configs/common.py, read with defaults: train_split ('train'),
 eval_split ('val'), input_dtype ('float32' | 'bfloat16'), on_bad_image
 ('stop'), data_workers (os.cpu_count()), prefetch_batches (2).
@@ -51,6 +57,7 @@ import numpy as np
 from PIL import Image
 
 from jaxres import data as data_lib
+from jaxres.data import augment as augment_lib
 from jaxres.data import batching
 from jaxres.data.errors import BadImageError
 from jaxres.data.errors import DatasetNotFoundError
@@ -60,7 +67,9 @@ from jaxres.data.errors import list_names
 # torchvision's IMG_EXTENSIONS, compared case-insensitively.
 IMAGE_EXTS = ('.jpg', '.jpeg', '.png', '.ppm', '.bmp', '.pgm', '.tif', '.tiff',
               '.webp')
-EVAL_CROP_FRACTION = 0.875  # image_size / resize side: 224 / 256.
+EVAL_CROP_FRACTION = 0.875  # Default image_size / resize side: 224 / 256.
+INTERPOLATION = 'bilinear'  # Default for train and eval resizes.
+_RESAMPLE = {'bilinear': Image.BILINEAR, 'bicubic': Image.BICUBIC}
 AREA_RANGE = (0.08, 1.0)
 ASPECT_RANGE = (3 / 4, 4 / 3)
 CROP_ATTEMPTS = 10
@@ -221,12 +230,14 @@ def check_same_classes(train: ImageFolder, evals: ImageFolder) -> None:
 # ----------------------------------------------------------------------------
 
 
-def eval_window(height: int, width: int, image_size: int) -> Box:
-  """Resize-shorter-side-to-image_size/0.875 + centre crop, in source pixels.
+def eval_window(height: int, width: int, image_size: int,
+                crop_pct: Optional[float] = None) -> Box:
+  """Resize-shorter-side-to-image_size/crop_pct + centre crop, source pixels.
 
-  The same integer arithmetic as torchvision's Resize(r) and CenterCrop(s).
+  The same integer arithmetic as torchvision's Resize(r) and CenterCrop(s);
+  crop_pct None is 0.875.
   """
-  side = math.floor(image_size / EVAL_CROP_FRACTION)
+  side = math.floor(image_size / (crop_pct or EVAL_CROP_FRACTION))
   if height <= width:
     new_h, new_w = side, int(side * width / height)
   else:
@@ -273,14 +284,23 @@ def _draft(im: Image.Image, box: Box, image_size: int) -> float:
   return result[1][2] / width  # Decoded coordinates of the source width.
 
 
+def _resample(interpolation: Optional[str]):
+  interpolation = interpolation or INTERPOLATION
+  if interpolation not in _RESAMPLE:
+    raise ValueError(f'config.interpolation={interpolation!r} is not one of '
+                     f'{tuple(_RESAMPLE)}.')
+  return _RESAMPLE[interpolation]
+
+
 def decode(path: Union[str, os.PathLike, bytes],
            window_fn: Callable[[int, int], Box],
-           image_size: int) -> np.ndarray:
-  """uint8 [image_size, image_size, 3]: window_fn(h, w) resized bilinearly.
+           image_size: int, interpolation: Optional[str] = None) -> np.ndarray:
+  """uint8 [image_size, image_size, 3]: window_fn(h, w) resized.
 
-  ``path`` is a file name or the encoded bytes of the file. Raises
-  BadImageError if PIL cannot read it.
+  ``path`` is a file name or the encoded bytes of the file; interpolation
+  'bilinear' (None) or 'bicubic'. Raises BadImageError if PIL cannot read it.
   """
+  resample = _resample(interpolation)
   source = io.BytesIO(path) if isinstance(path, bytes) else path
   what = 'image bytes' if isinstance(path, bytes) else f'image {path}'
   try:
@@ -289,23 +309,25 @@ def decode(path: Union[str, os.PathLike, bytes],
       box = window_fn(height, width)
       scale = _draft(im, box, image_size)
       rgb = im if im.mode == 'RGB' else im.convert('RGB')
-      out = rgb.resize((image_size, image_size), Image.BILINEAR,
+      out = rgb.resize((image_size, image_size), resample,
                        box=tuple(c * scale for c in box))
       return np.asarray(out)
   except _READ_ERRORS as e:
     raise BadImageError(f'Cannot read {what}: {e}') from e
 
 
-def load_train(path: str, rng: np.random.Generator,
-               image_size: int) -> np.ndarray:
+def load_train(path: str, rng: np.random.Generator, image_size: int,
+               interpolation: Optional[str] = None) -> np.ndarray:
   """Random-resized crop then a random flip, drawn from rng in that order."""
   image = decode(path, lambda h, w: random_window(h, w, rng, image_size),
-                 image_size)
+                 image_size, interpolation)
   return image[:, ::-1] if rng.random() < 0.5 else image
 
 
-def load_eval(path: str, image_size: int) -> np.ndarray:
-  return decode(path, lambda h, w: eval_window(h, w, image_size), image_size)
+def load_eval(path: str, image_size: int, crop_pct: Optional[float] = None,
+              interpolation: Optional[str] = None) -> np.ndarray:
+  return decode(path, lambda h, w: eval_window(h, w, image_size, crop_pct),
+                image_size, interpolation)
 
 
 # ----------------------------------------------------------------------------
@@ -313,18 +335,32 @@ def load_eval(path: str, image_size: int) -> np.ndarray:
 # ----------------------------------------------------------------------------
 
 
-def train_transform(image_size: int):
+def train_transform(image_size: int, augment=None,
+                    interpolation: Optional[str] = None):
+  """Crop, flip [, augment.Augment ``augment``], normalise."""
+  augment_fn = None
+  if augment is not None and augment.active:
+    augment_fn = augment_lib.numpy_augment(augment)
+    seed_from_rng = augment_lib.seed_from_rng
+
   def transform(example, rng, slot):
     path, label = example
-    data_lib.normalize_into(slot['image'], load_train(path, rng, image_size))
+    image = load_train(path, rng, image_size, interpolation)
+    if augment_fn is None:
+      data_lib.normalize_into(slot['image'], image)
+    else:
+      slot['image'] = augment_fn(image, seed_from_rng(rng))
     slot['label'] = label
   return transform
 
 
-def eval_transform(image_size: int):
+def eval_transform(image_size: int, crop_pct: Optional[float] = None,
+                   interpolation: Optional[str] = None):
   def transform(example, slot):
     path, label = example
-    data_lib.normalize_into(slot['image'], load_eval(path, image_size))
+    data_lib.normalize_into(slot['image'],
+                            load_eval(path, image_size, crop_pct,
+                                      interpolation))
     slot['label'] = label
   return transform
 
@@ -347,6 +383,9 @@ def get_datasets(config, *, seed: int, process_index: int,
   on_bad_image = config.on_bad_image
   bad_images = batching.BadImageLog()
   size = config.image_size
+  augment = augment_lib.Augment.from_config(config)
+  crop_pct = config.get('eval_crop_pct')
+  interpolation = config.get('interpolation')
   fields = dict(image=((size, size, 3), batching.np_dtype(dtype), 0),
                 label=((), np.int32, 0))
   common = dict(fields=fields, process_index=process_index,
@@ -355,12 +394,13 @@ def get_datasets(config, *, seed: int, process_index: int,
   train_iter_fn = batching.TrainBatches(
       batching.Reader(train, train.split, on_bad_image, bad_images,
                       where=train.folder),
-      train_transform(size), batch_size=config.batch_size, seed=seed,
+      train_transform(size, augment, interpolation),
+      batch_size=config.batch_size, seed=seed,
       **common)
   eval_iter_fn = batching.EvalBatches(
       batching.Reader(evals, evals.split, on_bad_image, bad_images,
                       where=evals.folder),
-      eval_transform(size),
+      eval_transform(size, crop_pct, interpolation),
       batch_size=config.eval_batch_size or config.batch_size, **common)
   return data_lib.ClassificationData(
       train_iter_fn=train_iter_fn,

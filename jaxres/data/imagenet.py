@@ -21,9 +21,18 @@ Two ways to split the work between processes (``read``):
     (P times the reads of 'shards'; decoding, the costly part, is not
     repeated). With one process both are the same order.
 
-Eval: resize-256/centre-crop-224 (as the centre 224/256 of the shorter side,
-decoded with a fused crop), batches padded with ``mask`` 0 so each example is
-counted exactly once and every process yields the same number of batches.
+Augmentation (``augment``, an ``augment.Augment``; none by default): after
+crop, resize and flip, a policy (RandAugment, TrivialAugmentWide,
+AutoAugment) on the uint8 image and random erasing after normalisation, all
+stateless in a seed folded from the record's (epoch seed, position), so
+exact resume and the 'stream' order hold as they do for the crop.
+
+Eval: centre crop of ``crop_pct`` of the shorter side (default
+image_size / (image_size + 32): 224/256 at 224) decoded with a fused crop and
+resized to image_size, i.e. resize the shorter side to image_size / crop_pct
+then centre crop; batches padded with ``mask`` 0 so each example is counted
+exactly once and every process yields the same number of batches. Resizes
+(train and eval) are ``interpolation``: 'bicubic' (default) or 'bilinear'.
 """
 import functools
 from typing import Iterator, Optional, Sequence, Tuple
@@ -31,9 +40,12 @@ from typing import Iterator, Optional, Sequence, Tuple
 import numpy as np
 
 from jaxres import data as data_lib
+from jaxres.data import augment as augment_lib
 from jaxres.data import batching
 
-CROP_PADDING = 32  # Eval: centre crop image_size / (image_size + 32).
+CROP_PADDING = 32  # Eval default: centre crop image_size / (image_size + 32).
+INTERPOLATION = 'bicubic'  # Default for train and eval resizes.
+AUGMENT_SEED = 1  # Folded into a record's seed for its augmentation.
 
 
 @functools.lru_cache(maxsize=None)
@@ -162,12 +174,18 @@ def _decode_window(image_bytes, window_fn, is_jpeg):
   return tf.slice(image, [window[0], window[1], 0], [window[2], window[3], 3])
 
 
-def _center_window(shape, image_size):
+def default_crop_pct(image_size: int) -> float:
+  return image_size / (image_size + CROP_PADDING)
+
+
+def _center_window(shape, image_size, crop_pct: Optional[float] = None):
+  """Centre square of crop_pct of the shorter side (default 224/256)."""
   tf = _tf()
   height, width = shape[0], shape[1]
+  if crop_pct is None:
+    crop_pct = default_crop_pct(image_size)
   crop = tf.cast(
-      image_size / (image_size + CROP_PADDING) *
-      tf.cast(tf.minimum(height, width), tf.float32), tf.int32)
+      crop_pct * tf.cast(tf.minimum(height, width), tf.float32), tf.int32)
   offset_y = (height - crop + 1) // 2
   offset_x = (width - crop + 1) // 2
   return tf.stack([offset_y, offset_x, crop, crop])
@@ -191,19 +209,37 @@ def _random_window(shape, seed, image_size):
   return tf.where(failed, _center_window(shape, image_size), window)
 
 
-def _finish(image, image_size, dtype):
+def _resize_method(interpolation: Optional[str]):
+  interpolation = interpolation or INTERPOLATION
+  if interpolation not in augment_lib.INTERPOLATIONS:
+    raise ValueError(f'config.interpolation={interpolation!r} is not one of '
+                     f'{augment_lib.INTERPOLATIONS}.')
+  return interpolation
+
+
+def _finish(image, image_size, dtype, interpolation=None, augment=None,
+            seed=None):
+  """Resize, clip, [augment,] normalise, cast."""
   tf = _tf()
   image = tf.image.resize([image], [image_size, image_size],
-                          method=tf.image.ResizeMethod.BICUBIC)[0]
+                          method=_resize_method(interpolation))[0]
   image = tf.clip_by_value(image, 0.0, 255.0)
-  image = (image - tf.constant(data_lib.MEAN_RGB, shape=[1, 1, 3])) / (
-      tf.constant(data_lib.STDDEV_RGB, shape=[1, 1, 3]))
+  if augment is not None and augment.active:
+    image = augment_lib.augment_and_normalize(tf.round(image), seed, augment)
+  else:
+    image = (image - tf.constant(data_lib.MEAN_RGB, shape=[1, 1, 3])) / (
+        tf.constant(data_lib.STDDEV_RGB, shape=[1, 1, 3]))
   return tf.cast(image, dtype)
 
 
 def preprocess_for_train(image_bytes, seed, image_size: int = 224,
-                         dtype='float32', is_jpeg: bool = True):
-  """Random-size crop and flip, stateless in ``seed`` (int [2] tensor)."""
+                         dtype='float32', is_jpeg: bool = True,
+                         augment=None, interpolation: Optional[str] = None):
+  """Random-size crop, flip [and ``augment``], stateless in ``seed``.
+
+  ``seed``: int [2] tensor. The crop and flip seeds do not depend on
+  ``augment``, whose seed is ``seed`` folded with AUGMENT_SEED.
+  """
   tf = _tf()
   crop_seed, flip_seed = tf.unstack(
       tf.random.experimental.stateless_split(seed, num=2))
@@ -211,15 +247,19 @@ def preprocess_for_train(image_bytes, seed, image_size: int = 224,
       image_bytes, lambda shape: _random_window(shape, crop_seed, image_size),
       is_jpeg)
   image = tf.image.stateless_random_flip_left_right(image, flip_seed)
-  return _finish(image, image_size, dtype)
+  augment_seed = tf.random.experimental.stateless_fold_in(seed, AUGMENT_SEED)
+  return _finish(image, image_size, dtype, interpolation, augment,
+                 augment_seed)
 
 
 def preprocess_for_eval(image_bytes, image_size: int = 224, dtype='float32',
-                        is_jpeg: bool = True):
-  """Centre 224/256 of the shorter side, resized to ``image_size``."""
+                        is_jpeg: bool = True, crop_pct: Optional[float] = None,
+                        interpolation: Optional[str] = None):
+  """Centre crop_pct of the shorter side, resized to ``image_size``."""
   image = _decode_window(
-      image_bytes, lambda shape: _center_window(shape, image_size), is_jpeg)
-  return _finish(image, image_size, dtype)
+      image_bytes, lambda shape: _center_window(shape, image_size, crop_pct),
+      is_jpeg)
+  return _finish(image, image_size, dtype, interpolation)
 
 
 # ----------------------------------------------------------------------------
@@ -255,7 +295,7 @@ def _process_splits(split, process_count, drop_remainder) -> Sequence:
 
 
 def _train_epoch(builder, split, *, epoch_seed, num_records, skip, rows,
-                 image_size, dtype, shuffle_buffer):
+                 image_size, dtype, shuffle_buffer, augment, interpolation):
   """Records [skip, num_records) of the epoch's stream, batched.
 
   ``rows = (lo, hi, global_batch)``: of each global batch (``global_batch``
@@ -281,7 +321,7 @@ def _train_epoch(builder, split, *, epoch_seed, num_records, skip, rows,
   def preprocess(index, example):
     seed = tf.stack([tf.constant(epoch_seed, tf.int64), index])
     image = preprocess_for_train(example['image'], seed, image_size, dtype,
-                                 is_jpeg)
+                                 is_jpeg, augment, interpolation)
     return dict(image=image, label=tf.cast(example['label'], tf.int32))
 
   ds = ds.map(preprocess, num_parallel_calls=tf.data.AUTOTUNE,
@@ -301,7 +341,9 @@ def train_iterator(builder,
                    dtype='float32',
                    shuffle_buffer: int = 16 * 1024,
                    split: str = 'train',
-                   read: str = 'shards') -> Iterator[dict]:
+                   read: str = 'shards',
+                   augment=None,
+                   interpolation: Optional[str] = None) -> Iterator[dict]:
   """Yields this process's training batches forever, from ``start_step``.
 
   Args:
@@ -319,6 +361,8 @@ def train_iterator(builder,
     read: 'shards' (this process's part of the split; the order depends on
       process_count) or 'stream' (the whole stream, this process's rows of
       each global batch; the order does not depend on process_count).
+    augment: an ``augment.Augment`` (policy, random erasing) or None.
+    interpolation: 'bicubic' (None) or 'bilinear', for the crop's resize.
 
   Yields:
     dict(image=[b, S, S, 3] normalised, label=int32 [b]) numpy batches.
@@ -343,7 +387,8 @@ def train_iterator(builder,
         num_records=per_epoch * global_batch,
         skip=step_in_epoch * global_batch, rows=(lo, lo + rows, global_batch),
         image_size=image_size, dtype=_tf_dtype(dtype),
-        shuffle_buffer=shuffle_buffer)
+        shuffle_buffer=shuffle_buffer, augment=augment,
+        interpolation=interpolation)
     yield from tfds.as_numpy(ds)
     epoch, step_in_epoch = epoch + 1, 0
 
@@ -355,13 +400,17 @@ def eval_iterator(builder,
                   process_count: int = 1,
                   image_size: int = 224,
                   dtype='float32',
-                  split: str = 'validation') -> Iterator[dict]:
+                  split: str = 'validation',
+                  crop_pct: Optional[float] = None,
+                  interpolation: Optional[str] = None) -> Iterator[dict]:
   """One pass over ``split``: padded batches with ``mask`` (1 real, 0 pad).
 
   ``batch_size`` is GLOBAL; each process reads its own part of the split in
   batches of ``batch_size // process_count``. Every process yields
   ``ceil(max part size / (batch_size // process_count))`` batches, so a
-  jitted eval step runs the same number of times everywhere.
+  jitted eval step runs the same number of times everywhere. ``crop_pct``
+  (None: image_size / (image_size + 32)) and ``interpolation`` (None:
+  'bicubic') set the resize.
   """
   tf, tfds = _tf(), _tfds()
   batch_size = batching.per_process(batch_size, process_count,
@@ -380,7 +429,7 @@ def eval_iterator(builder,
   def preprocess(example):
     return dict(
         image=preprocess_for_eval(example['image'], image_size, dtype,
-                                  is_jpeg),
+                                  is_jpeg, crop_pct, interpolation),
         label=tf.cast(example['label'], tf.int32),
         mask=tf.constant(1.0, tf.float32))
 
