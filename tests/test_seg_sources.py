@@ -280,7 +280,9 @@ def test_mmseg_configs_follow_the_recipe():
   from configs import deeplabv3plus_resnet101_voc as voc  # pylint: disable=g-import-not-at-top
   c = cityscapes.get_config()
   assert c.crop_size == (512, 1024) and c.num_train_steps == 80_000
-  assert (c.batch_size, c.lr_base_batch_size, c.inference) == (8, 8, 'whole')
+  assert (c.batch_size, c.lr_base_batch_size) == (8, 8)
+  assert (c.inference, c.slide_crop, c.slide_stride) == (
+      'slide', (512, 1024), (341, 682))
   assert c.model_kwargs.output_stride == 8 and c.aux_loss_weight == 0.4
   c = ade.get_config('160k')
   assert (c.dataset, c.num_classes, c.reduce_zero_label) == ('ade20k', 150,
