@@ -5,6 +5,7 @@ import jax
 import numpy as np
 import pytest
 
+from tests import helpers
 from tests import tiny_config as tests_tiny_config
 from jaxres import checkpoint as ckpt_lib
 from jaxres import optim, runner, train_state
