@@ -72,6 +72,25 @@ def segmentation_config() -> ml_collections.ConfigDict:
 
   c.num_eval_images = 3  # Overlays written to TensorBoard at each eval.
   c.log_every_steps = 50
+
+  # Training extras: OHEM, class weights, auxiliary head
+  # OHEM (mmseg's OHEMPixelSampler): the per-pixel losses (ce, focal) count
+  # only pixels whose softmax probability of the true class is below
+  # ohem_thresh, and at least the ohem_min_kept hardest pixels PER IMAGE (x
+  # the global batch, as mmseg's min_kept; its cityscapes configs: thresh 0.7,
+  # min_kept 100000). Ignore pixels never count. None: off.
+  c.ohem_thresh = optional(float)
+  c.ohem_min_kept = 100_000
+  # Class weights from the training masks counted at start-up (the
+  # label_check_files scanned): 'none', 'median_freq' (Eigen & Fergus:
+  # median(freq) / freq_c) or 'inverse_log' (ENet: 1 / ln(1.02 + p_c)). Used
+  # where class_weights would be (set only one of the two); logged at start
+  # and saved in the run's dataset.json.
+  c.class_weighting = 'none'
+  # Weight of the auxiliary FCN head's cross-entropy (on ResNet layer3; for
+  # DeepLabV3+ and UNet on ResNet). 0: no head. Training only: evaluation,
+  # predict and export use the model without it.
+  c.aux_loss_weight = 0.0
   return c
 
 
