@@ -87,9 +87,9 @@ def segmentation_config() -> ml_collections.ConfigDict:
   # where class_weights would be (set only one of the two); logged at start
   # and saved in the run's dataset.json.
   c.class_weighting = 'none'
-  # Weight of the auxiliary FCN head's cross-entropy (on ResNet layer3; for
-  # DeepLabV3+ and UNet on ResNet). 0: no head. Training only: evaluation,
-  # predict and export use the model without it.
+  # Weight of the cross-entropy of an auxiliary FCN head on the backbone's
+  # stride-16 map (ResNet layer3; mmseg: 0.4). 0: no head. Training only:
+  # evaluation, predict, export and init_from use the model without it.
   c.aux_loss_weight = 0.0
   return c
 

@@ -1,10 +1,13 @@
-"""The auxiliary FCN head: a second, training-only classifier on layer3.
+"""The auxiliary FCN head: a second, training-only classifier at stride 16.
 
-mmseg's DeepLabV3+ and PSPNet configs on ResNet add an FCNHead on the
-backbone's stage-3 output (stride 16 nominal: 1024 channels for ResNet-50)
-whose cross-entropy, weighted 0.4, joins the main loss; it is thrown away
-after training. Here the head is 3x3 conv (256, no bias) + BN + ReLU, channel
-dropout 0.1 (PyTorch Dropout2d), 1x1 conv (with bias) to the classes.
+mmseg's DeepLabV3+ and PSPNet configs add an FCNHead on the backbone's
+stride-16 map (ResNet layer3, 1024 channels for ResNet-50; MobileNetV2's
+96-channel block 13) whose cross-entropy, weighted 0.4, joins the main loss;
+it is thrown away after training. Here the head is 3x3 conv (256, no bias) +
+BN + ReLU, channel dropout 0.1 (PyTorch Dropout2d), 1x1 conv (with bias) to
+the classes, on the backbone's 'stride16' map (nominal: at output stride 8
+that map has stride 8), for every jaxres segmentation model (UNet-VGG16:
+its deepest map).
 
 `WithAuxHead` wraps a segmentation model for training only. The model's
 variables stay where they are (flax `share_scope`: same names as the bare
@@ -24,7 +27,7 @@ from jaxres.models import layers
 from jaxres.models.resize import resize_bilinear
 
 AUX_HEAD = 'aux_head'  # Its top-level name in params and batch_stats.
-FEATURES = 'stride16'  # The backbone feature map it reads (ResNet layer3).
+FEATURES = 'stride16'  # The backbone map it reads (ResNet: layer3).
 
 
 class FCNHead(nn.Module):
@@ -64,7 +67,7 @@ class WithAuxHead(nn.Module):
     def keep_backbone_features(next_fun, args, kwargs, context):
       out = next_fun(*args, **kwargs)
       if (context.method_name == '__call__' and
-          context.module.path == ('backbone',)):
+          context.module.path == ('backbone',) and isinstance(out, dict)):
         features.update(out)
       return out
 
@@ -73,7 +76,8 @@ class WithAuxHead(nn.Module):
     if FEATURES not in features:
       raise ValueError(
           f'The auxiliary head reads the backbone map {FEATURES!r}, which this '
-          f'model\'s backbone does not give (it gives {sorted(features)}).')
+          f'model\'s backbone does not give (it gives {sorted(features)}). '
+          'Set config.aux_loss_weight=0.')
     aux = self.aux_head(features[FEATURES], train=train)
     aux = resize_bilinear(aux, x.shape[1:3],
                           getattr(self.model, 'align_corners', False))
@@ -81,11 +85,7 @@ class WithAuxHead(nn.Module):
 
 
 def with_aux_head(model: nn.Module, num_classes: int) -> WithAuxHead:
-  """`model` (DeepLabV3+ or UNet on ResNet) with an auxiliary head."""
-  backbone = getattr(model, 'backbone', None)
-  if not str(backbone).startswith('resnet'):
-    raise ValueError(
-        f'The auxiliary head needs a ResNet backbone (its layer3 map); this '
-        f'model has backbone {backbone!r}. Set config.aux_loss_weight=0.')
+  """`model`, whose submodule 'backbone' gives a 'stride16' map, with an
+  auxiliary head on that map."""
   return WithAuxHead(model, FCNHead(
       num_classes, dtype=model.dtype, param_dtype=model.param_dtype))

@@ -16,8 +16,7 @@ Training extras (configs/segmentation_common.py): OHEM and class weights act
 in the loss (`jaxres.seg_losses`); class weights from label statistics
 (config.class_weighting) are computed once from the training masks the
 start-up scan counts, logged and saved in the run's dataset.json. With
-config.aux_loss_weight > 0 a ResNet-backbone model trains with an auxiliary
-FCN head (`jaxres.models.aux_head`) whose variables live under 'aux_head';
+config.aux_loss_weight > 0 the model trains with an auxiliary FCN head (`jaxres.models.aux_head`) whose variables live under 'aux_head';
 evaluation runs the model without them.
 """
 from __future__ import annotations
@@ -264,11 +263,7 @@ class Segmentation:
     """The module trained: `model`, with an auxiliary head if configured."""
     if not self.config.get('aux_loss_weight'):
       return model
-    try:
-      return aux_head.with_aux_head(model, model.num_classes)
-    except ValueError as e:
-      raise ConfigError(f'config.aux_loss_weight={self.config.aux_loss_weight}'
-                        f' with config.model={self.config.model!r}: {e}') from e
+    return aux_head.with_aux_head(model, model.num_classes)
 
   def dataset_info(self, ds) -> dict:
     info = {'num_classes': ds.num_classes, 'class_names': list(ds.class_names),
