@@ -16,8 +16,9 @@ Training extras (configs/segmentation_common.py): OHEM and class weights act
 in the loss (`jaxres.seg_losses`); class weights from label statistics
 (config.class_weighting) are computed once from the training masks the
 start-up scan counts, logged and saved in the run's dataset.json. With
-config.aux_loss_weight > 0 the model trains with an auxiliary FCN head (`jaxres.models.aux_head`) whose variables live under 'aux_head';
-evaluation runs the model without them.
+config.aux_loss_weight > 0 the model trains with an auxiliary FCN head
+(`jaxres.models.aux_head`) whose variables live under 'aux_head'; evaluation
+runs the model without them.
 """
 from __future__ import annotations
 
