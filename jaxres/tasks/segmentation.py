@@ -156,7 +156,11 @@ def computed_class_weights(config, ds):
   method = config.get('class_weighting', 'none')
   if method == 'none':
     return None
-  stats = ds.train_label_stats
+  stats = getattr(ds, 'train_label_stats', None)
+  if stats is None:
+    raise ConfigError(f'class_weighting={method!r} needs the pixel counts of '
+                      'the training masks, which this dataset does not give; '
+                      'set config.class_weights instead.')
   try:
     weights = seg_losses.class_weights_from_counts(
         method, stats.class_pixels, stats.image_pixels)
