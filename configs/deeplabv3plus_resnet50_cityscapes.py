@@ -4,7 +4,9 @@ The VainF/DeepLabV3Plus-Pytorch Cityscapes recipe: SGD momentum 0.9, lr 0.1
 per 16 images, weight decay 1e-4, poly decay (power 0.9) over 30k steps,
 768x768 crops after a random scale 0.5-2.0, flips. VainF upsamples with
 align_corners=False; this config does too. Evaluation on the full 1024x2048
-validation images.
+validation images. Unlike VainF, it trains with mmseg's auxiliary FCN head on
+layer3 (loss weight 0.4, training only; --config.aux_loss_weight=0 for the
+plain VainF recipe).
 
 Data: TFDS `cityscapes/semantic_segmentation` (manual download; labelIds are
 mapped to the 19 train ids with 255 ignore). Start from ImageNet ResNet-50
@@ -43,6 +45,7 @@ def get_config():
   c.weight_decay = 1e-4
   c.schedule = 'poly'
   c.poly_power = 0.9
+  c.aux_loss_weight = 0.4
   c.num_train_steps = 30_000
   c.eval_every_steps = 5_000
   c.checkpoint_every_steps = 1_000

@@ -112,10 +112,24 @@ def segmentation_config() -> ml_collections.ConfigDict:
   c.inference_scales = (1.0,)
   c.inference_flip = False
 
-  # Declared by the training work; keep one copy on merge.
-  c.aux_loss_weight = optional(float)  # 0.4 for ResNet DeepLab (mmseg).
+  # Training extras: OHEM, class weights, auxiliary head
+  # OHEM (mmseg's OHEMPixelSampler): the per-pixel losses (ce, focal) count
+  # only pixels whose softmax probability of the true class is below
+  # ohem_thresh, and at least the ohem_min_kept hardest pixels PER IMAGE (x
+  # the global batch, as mmseg's min_kept; its cityscapes configs: thresh 0.7,
+  # min_kept 100000). Ignore pixels never count. None: off.
   c.ohem_thresh = optional(float)
-  c.ohem_min_kept = optional(int)
+  c.ohem_min_kept = 100_000
+  # Class weights from the training masks counted at start-up (the
+  # label_check_files scanned): 'none', 'median_freq' (Eigen & Fergus:
+  # median(freq) / freq_c) or 'inverse_log' (ENet: 1 / ln(1.02 + p_c)). Used
+  # where class_weights would be (set only one of the two); logged at start
+  # and saved in the run's dataset.json.
+  c.class_weighting = 'none'
+  # Weight of the cross-entropy of an auxiliary FCN head on the backbone's
+  # stride-16 map (ResNet layer3; mmseg: 0.4). 0: no head. Training only:
+  # evaluation, predict, export and init_from use the model without it.
+  c.aux_loss_weight = 0.0
   return c
 
 

@@ -7,6 +7,10 @@ the arrays in memory at save time and verified after every restore, so a
 flipped bit on disk is caught instead of trained on. The data order and every
 rng are functions of (seed, step), so the step inside the state is all a
 resumed run needs to continue exactly.
+
+Training-only variables (the auxiliary head's, under TRAINING_ONLY names) are
+saved and restored with the state, but are not part of the model: reading
+only the model's variables (predict, export, init_from) skips them.
 """
 import json
 import logging
@@ -18,6 +22,11 @@ import jax
 from jax.experimental import multihost_utils
 import numpy as np
 import orbax.checkpoint as ocp
+
+from jaxres.models.aux_head import AUX_HEAD
+
+# Top-level entries of params / batch_stats that only training uses.
+TRAINING_ONLY = (AUX_HEAD,)
 
 
 class CheckpointError(RuntimeError):
@@ -150,18 +159,38 @@ def _path_name(path) -> str:
                   for k in path)
 
 
-def leaf_shapes(tree, prefix=('params', 'batch_stats')) -> dict:
-  """{'params/conv1/kernel': shape} for the dict subtrees params/batch_stats."""
+def without_training_only(tree) -> dict:
+  """A params or batch_stats tree without its TRAINING_ONLY entries."""
+  return {k: v for k, v in tree.items() if k not in TRAINING_ONLY}
+
+
+def model_variables(variables: dict) -> dict:
+  """{'params', 'batch_stats', ...} without the TRAINING_ONLY entries."""
+  return {c: without_training_only(tree) if hasattr(tree, 'items') else tree
+          for c, tree in variables.items()}
+
+
+def leaf_shapes(tree, prefix=('params', 'batch_stats'),
+                model_only: bool = False) -> dict:
+  """{'params/conv1/kernel': shape} for the dict subtrees params/batch_stats
+  (with `model_only`, without the training-only entries)."""
   out = {}
   for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
     name = _path_name(path)
-    if name.split('/')[0] in prefix:
+    parts = name.split('/')
+    if parts[0] in prefix and not (model_only and len(parts) > 1
+                                   and parts[1] in TRAINING_ONLY):
       out[name] = tuple(getattr(leaf, 'shape', ()))
   return out
 
 
 def check_fits(manager, step, abstract_state):
-  """Names every parameter whose presence or shape differs from the config's."""
+  """Names every parameter whose presence or shape differs from the config's.
+
+  A TrainState is compared whole; the variables of a model alone (inference:
+  a dict without opt_state) are compared with the checkpoint's model
+  variables, the training-only ones left out.
+  """
   try:
     saved_tree = manager.item_metadata(step)['state']
   except Exception:  # pylint: disable=broad-except
@@ -169,7 +198,8 @@ def check_fits(manager, step, abstract_state):
   if saved_tree is None:
     return
   prefix = ('params', 'batch_stats')
-  saved = leaf_shapes(saved_tree, prefix)
+  saved = leaf_shapes(saved_tree, prefix,
+                      model_only=not hasattr(abstract_state, 'opt_state'))
   wanted = leaf_shapes(abstract_state, prefix)
   problems = [f'{k}: checkpoint {saved.get(k, "missing")}, model '
               f'{wanted.get(k, "missing")}'
@@ -180,8 +210,8 @@ def check_fits(manager, step, abstract_state):
     raise CheckpointError(
         f'Checkpoint step {step} in {manager.directory} does not fit the model '
         'built from the config:\n  ' + '\n  '.join(problems[:20]) + more +
-        '\nCheck config.model, num_classes and model_kwargs against the run '
-        'that wrote the checkpoint.')
+        '\nCheck config.model, num_classes, model_kwargs and aux_loss_weight '
+        '(0: no auxiliary head) against the run that wrote the checkpoint.')
 
 
 def check_meta(manager, step, meta, fields=None):

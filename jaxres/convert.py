@@ -182,7 +182,25 @@ def load_pretrained(path: str, target_variables: Mapping[str, Any],
   params/batch_stats under 'backbone' (for a classifier: all but its last
   layer) are replaced; the rest keeps its fresh initialisation. Returns a
   new {'params', 'batch_stats'} dict with the target's tree and dtypes.
+  Training-only variables of the target (the auxiliary head) are not part of
+  the model and keep their fresh initialisation.
   """
+  from jaxres import checkpoint  # pylint: disable=g-import-not-at-top
+  fresh = {c: {k: v for k, v in tree.items() if k in checkpoint.TRAINING_ONLY}
+           for c, tree in target_variables.items()}
+  merged = _load_model_variables(
+      path, checkpoint.model_variables(target_variables), model_name,
+      backbone_only, allow_missing, allow_unexpected, log)
+  if any(fresh.values()):
+    log(f'init_from: {", ".join(checkpoint.TRAINING_ONLY)} (training only) '
+        'keeps its fresh initialisation.')
+    merged = {c: {**merged.get(c, {}), **fresh.get(c, {})}
+              for c in set(merged) | set(fresh)}
+  return merged
+
+
+def _load_model_variables(path, target_variables, model_name, backbone_only,
+                          allow_missing, allow_unexpected, log):
   if not os.path.exists(path):
     raise ConvertError(
         f'init_from={path!r} does not exist; refusing to train {model_name} '

@@ -143,7 +143,8 @@ def _load_run(workdir: str, step, ema: bool, expect: dict) -> Trained:
     abstract = _abstract_variables(model, hw)
     saved = {k.replace(EMA_PARAMS, 'params', 1): v
              for k, v in ckpt_lib.leaf_shapes(
-                 state_tree, (weights, 'batch_stats')).items()}
+                 state_tree, (weights, 'batch_stats'),
+                 model_only=True).items()}
     _check_fits(saved, abstract, where)
     try:
       restored = ckpt_lib.restore_variables(directory, step, abstract, weights)

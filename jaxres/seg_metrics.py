@@ -10,6 +10,14 @@ Classes that appear in neither the labels nor the predictions have an IoU of
 classes that occur), which is what the VOC and Cityscapes evaluation scripts
 do. Likewise a class absent from the labels has a NaN class accuracy and is
 left out of the mean class accuracy.
+
+Dice and the F-score follow mmseg's IoUMetric ('mDice', 'mFscore'): Dice =
+2 TP / (label + predicted pixels), NaN where both are 0; precision = TP /
+predicted pixels, recall = TP / label pixels, F-score = (1 + b^2) P R /
+(b^2 P + R) with b = 1, NaN where precision or recall is (so a class that is
+labelled but never predicted counts 0 in mDice but is left out of mFscore and
+mprecision; elsewhere the F1 score equals the Dice). Two-class data
+(background + one class) also gets the foreground's Dice and IoU by name.
 """
 from typing import Optional, Sequence
 
@@ -95,13 +103,27 @@ def _nanmean(x):
   return float(np.mean(x[~np.isnan(x)])) if np.any(~np.isnan(x)) else float('nan')
 
 
-def scores(confusion) -> dict:
-  """mIoU, per-class IoU, pixel accuracy and class accuracy of a [C, C] matrix.
+def fscore(precision, recall, beta: float = 1.0):
+  """F-beta of precision and recall (arrays): NaN where either is NaN, 0 where
+  both are 0 (mmseg's 0 / 0 gives NaN there, leaving out a class that is
+  labelled and predicted but never right)."""
+  precision = np.asarray(precision, np.float64)
+  recall = np.asarray(recall, np.float64)
+  b2 = beta * beta
+  out = _divide((1 + b2) * precision * recall, b2 * precision + recall)
+  out[(precision == 0) & (recall == 0)] = 0.0
+  return out
 
-  Returns a dict of floats ('miou', 'pixel_accuracy', 'mean_class_accuracy',
-  'frequency_weighted_iou', 'num_pixels') and arrays ('iou', 'class_accuracy',
-  'label_pixels' and 'predicted_pixels' per class). NaN marks undefined
-  per-class values (see the module docstring).
+
+def scores(confusion) -> dict:
+  """mIoU, Dice, F-score and accuracies of a [C, C] confusion matrix.
+
+  Returns a dict of floats ('miou', 'mdice', 'mfscore', 'mprecision',
+  'mrecall', 'pixel_accuracy', 'mean_class_accuracy',
+  'frequency_weighted_iou', 'num_pixels'; for two classes also 'fg_iou' and
+  'fg_dice', class 1's) and arrays per class ('iou', 'dice', 'precision',
+  'recall', 'fscore', 'class_accuracy', 'label_pixels', 'predicted_pixels').
+  NaN marks undefined per-class values (see the module docstring).
   """
   cm = np.asarray(confusion, np.float64)
   tp = np.diag(cm)
@@ -112,9 +134,24 @@ def scores(confusion) -> dict:
   class_accuracy = _divide(tp, label_pixels)
   freq = _divide(label_pixels, total) if total else np.zeros_like(tp)
   present = label_pixels > 0
+  dice = _divide(2 * tp, label_pixels + predicted_pixels)
+  precision = _divide(tp, predicted_pixels)
+  f1 = fscore(precision, class_accuracy)
+  extra = {}
+  if len(tp) == 2:
+    extra = {'fg_iou': float(iou[1]), 'fg_dice': float(dice[1])}
   return {
       'miou': _nanmean(iou),
       'iou': iou,
+      'mdice': _nanmean(dice),
+      'dice': dice,
+      'mfscore': _nanmean(f1),
+      'fscore': f1,
+      'mprecision': _nanmean(precision),
+      'precision': precision,
+      'mrecall': _nanmean(class_accuracy),
+      'recall': class_accuracy,
+      **extra,
       'pixel_accuracy': float(tp.sum() / total) if total else float('nan'),
       'class_accuracy': class_accuracy,
       'mean_class_accuracy': _nanmean(class_accuracy),
@@ -126,25 +163,33 @@ def scores(confusion) -> dict:
 
 
 def class_table(result: dict, class_names: Optional[Sequence[str]] = None) -> str:
-  """A per-class text table (IoU, accuracy, pixel share) for the log."""
+  """A per-class text table for the log: IoU, Dice (= F1), precision, recall
+  (= class accuracy) and pixel shares, then the means."""
   iou = result['iou']
   names = list(class_names) if class_names else []
   names += [f'class_{i}' for i in range(len(names), len(iou))]
   width = max(12, max(len(n) for n in names))
   total = max(result['num_pixels'], 1.0)
+  rule = '-' * (width + 48)
 
   def pct(x):
     return '     -' if np.isnan(x) else f'{100 * x:6.2f}'
 
-  lines = [f'{"class":<{width}}    IoU    acc  label%   pred%',
-           '-' * (width + 32)]
+  lines = [f'{"class":<{width}}    IoU   Dice   prec recall  label%   pred%',
+           rule]
   for i, name in enumerate(names):
     lines.append(
-        f'{name:<{width}} {pct(iou[i])} {pct(result["class_accuracy"][i])} '
+        f'{name:<{width}} {pct(iou[i])} {pct(result["dice"][i])} '
+        f'{pct(result["precision"][i])} {pct(result["recall"][i])} '
         f'{100 * result["label_pixels"][i] / total:7.2f} '
         f'{100 * result["predicted_pixels"][i] / total:7.2f}')
-  lines.append('-' * (width + 32))
+  lines.append(rule)
   lines.append(f'{"mean":<{width}} {pct(result["miou"])} '
-               f'{pct(result["mean_class_accuracy"])}   pixel accuracy '
-               f'{pct(result["pixel_accuracy"]).strip()}%')
+               f'{pct(result["mdice"])} {pct(result["mprecision"])} '
+               f'{pct(result["mrecall"])}   pixel accuracy '
+               f'{pct(result["pixel_accuracy"]).strip()}%  mFscore '
+               f'{pct(result["mfscore"]).strip()}%')
+  if 'fg_dice' in result:
+    lines.append(f'foreground ({names[1]}): IoU {pct(result["fg_iou"]).strip()}'
+                 f'%  Dice {pct(result["fg_dice"]).strip()}%')
   return '\n'.join(lines)

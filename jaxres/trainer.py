@@ -103,7 +103,7 @@ def train_and_evaluate(config: 'ml_collections.ConfigDict', workdir: str,
   ckpt_every = durations('checkpoint_every', default=steps_per_epoch)
 
   # --- Model, optimizer and the shape of the sharded state. ---
-  model = train_state.build_model(config, ds.num_classes)
+  model = task.training_model(train_state.build_model(config, ds.num_classes))
   input_shape = task.input_shape(ds)
   base_lr = config.learning_rate * config.batch_size / config.lr_base_batch_size
   lr_fn = optim.learning_rate_fn(config, base_lr, total_steps,

@@ -152,7 +152,10 @@ def read_jaxres_checkpoint(path: str) -> Tuple[Dict[str, Any], Dict[str, Any]]:
     raise ConvertError(
         f'{path} is neither a converted jaxres checkpoint (no {METADATA_FILE}) '
         "nor an Orbax checkpoint holding 'params'.")
-  return found[0], {'source': path, **meta, **found[1]}
+  # The model's weights: a training run's auxiliary head is not part of it.
+  from jaxres import checkpoint  # pylint: disable=g-import-not-at-top
+  variables = checkpoint.model_variables(found[0])
+  return variables, {'source': path, **meta, **found[1]}
 
 
 def merge_variables(source: Mapping[str, Any], target: Mapping[str, Any],

@@ -5,8 +5,10 @@ whose 0 means "unlabelled" (ADE20K) read them through ``reduce_zero_label``
 first. The checks
 run on a sample of the masks at start-up (``scan_labels``, which can also see
 that all masks are 0/255 binaries) and on every mask as it is loaded
-(``check_label``); the messages name the files and the fix.
+(``check_label``); the messages name the files and the fix. The scan also
+counts the pixels of each class (``LabelStats``), for class weights.
 """
+import dataclasses
 from typing import Dict, Optional, Protocol, Sequence, Tuple
 
 from absl import logging
@@ -101,15 +103,28 @@ def check_label(label: np.ndarray, num_classes: int, name: str,
                              num_classes, split)
 
 
+@dataclasses.dataclass(frozen=True)
+class LabelStats:
+  """Pixel counts of the scanned masks (labelled pixels only, no 255).
+
+  class_pixels[c]: pixels of class c; image_pixels[c]: labelled pixels of the
+  masks in which class c appears (median frequency balancing needs both).
+  """
+  class_pixels: np.ndarray  # int64 [num_classes]
+  image_pixels: np.ndarray  # int64 [num_classes]
+  num_masks: int
+  num_files: int  # Masks in the split (num_masks of them were scanned).
+
+
 def scan_labels(reader: batching.Reader, num_classes: int, *, max_files: int,
-                seed: int, pool) -> None:
+                seed: int, pool) -> LabelStats:
   """Checks all masks (or a fixed random sample of max_files) at start-up.
 
   Catches the common mistakes before the first step: out-of-range values (all
   offending files listed at once), image/mask size mismatches and 0/255 binary
   masks, which cannot be told apart from ignore borders one file at a time.
   ``reader.source`` is a LabelSource; unreadable files follow the reader's
-  policy.
+  policy. Returns the pixel counts of the scanned masks.
   """
   source, split = reader.source, reader.split
   n = len(source)
@@ -127,17 +142,22 @@ def scan_labels(reader: batching.Reader, num_classes: int, *, max_files: int,
       return None
     if tuple(label.shape) != tuple(hw):
       check_label(label, num_classes, source.name(i), hw, split)
-    present = np.bincount(label.reshape(-1), minlength=256) > 0
-    return present
+    return np.bincount(label.reshape(-1), minlength=256)
 
+  class_pixels = np.zeros(num_classes, np.int64)
+  image_pixels = np.zeros(num_classes, np.int64)
   out_of_range = {}
   any_class = False
   any_ignore = False
   scanned = 0
-  for i, present in zip(indices, pool.map(scan, indices)):
-    if present is None:
+  for i, counts in zip(indices, pool.map(scan, indices)):
+    if counts is None:
       continue
+    present = counts > 0
     scanned += 1
+    class_counts = counts[:num_classes]
+    class_pixels += class_counts
+    image_pixels += np.where(class_counts > 0, class_counts.sum(), 0)
     values = np.flatnonzero(present)
     bad = values[(values >= num_classes) & (values != IGNORE_LABEL)]
     if bad.size:
@@ -149,3 +169,4 @@ def scan_labels(reader: batching.Reader, num_classes: int, *, max_files: int,
   if scanned and any_ignore and not any_class:
     raise binary_mask_error(scanned, split)
   logging.info('Checked %d of %d masks of split %r.', scanned, n, split)
+  return LabelStats(class_pixels, image_pixels, scanned, n)

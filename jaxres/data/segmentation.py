@@ -240,6 +240,8 @@ class SegmentationData:
   eval_label_shape: Tuple[int, int]
   bad_images: batching.BadImageLog
   ignore_label: int = IGNORE_LABEL
+  # Pixel counts of the scanned training masks (config.label_check_files).
+  train_label_stats: Optional[seg_labels.LabelStats] = None
 
 
 DATASETS = ('shapes_seg', 'voc', 'folder', 'ade20k', 'cityscapes',
@@ -373,10 +375,11 @@ def get_segmentation_datasets(config, *, seed: int, process_index: int = 0,
       batching.Reader(CheckedSource(source, num_classes, split), split,
                       on_bad_image, bad_images)
       for source, split in ((train_source, 'train'), (eval_source, 'eval')))
-  for reader in (train, evals):
-    seg_labels.scan_labels(reader, num_classes,
-                           max_files=config.label_check_files, seed=seed,
-                           pool=pool)
+  train_label_stats, _ = (
+      seg_labels.scan_labels(reader, num_classes,
+                             max_files=config.label_check_files, seed=seed,
+                             pool=pool)
+      for reader in (train, evals))  # In this order: train first.
 
   eval_size = None if config.eval_size is None else _hw(config.eval_size)
   label_shape = _max_image_size(evals, pool)
@@ -403,4 +406,4 @@ def get_segmentation_datasets(config, *, seed: int, process_index: int = 0,
       num_train_examples=len(train), num_eval_examples=len(evals),
       num_classes=num_classes, class_names=class_names,
       eval_image_shape=tuple(image_shape), eval_label_shape=tuple(label_shape),
-      bad_images=bad_images)
+      bad_images=bad_images, train_label_stats=train_label_stats)

@@ -10,6 +10,8 @@ a class built from the config that supplies only what differs:
                              num_classes, class_names, train_iter_fn(start_step),
                              eval_iter_fn()
   input_shape(ds)            one example's shape, to initialise the model
+  training_model(model)      the module trained: the model, or the model with
+                             training-only parts (an auxiliary head)
   dataset_info(ds)           what `jaxres.predict` needs, saved as dataset.json
   optimizer(lr_fn, params_shape, durations)   the optax transformation
   train_phases(ds, lr_fn, durations)  [(end_step or None, train_step)]: pure

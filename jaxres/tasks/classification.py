@@ -94,6 +94,9 @@ class Classification:
   def input_shape(self, ds):
     return tuple(ds.image_shape)
 
+  def training_model(self, model):
+    return model
+
   def dataset_info(self, ds) -> dict:
     return {'num_classes': ds.num_classes,
             'class_names': list(ds.class_names),

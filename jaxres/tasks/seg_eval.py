@@ -138,14 +138,25 @@ def eval_panel(image, prediction, label, ignore_label: int = 255) -> np.ndarray:
 
 
 def scalars(result: dict, class_names) -> dict:
+  """The TensorBoard scalars of an evaluation: means, and per class the IoU,
+  Dice, precision and recall (classes with an undefined value are left out);
+  eval_fg_iou / eval_fg_dice for two-class data."""
   out = {'eval_miou': result['miou'],
+         'eval_mdice': result['mdice'],
+         'eval_mfscore': result['mfscore'],
+         'eval_mprecision': result['mprecision'],
+         'eval_mrecall': result['mrecall'],
          'eval_pixel_accuracy': result['pixel_accuracy'],
          'eval_mean_class_accuracy': result['mean_class_accuracy'],
          'eval_loss': result['loss'],
          'eval_examples': result['examples']}
-  for name, iou in zip(class_names, result['iou']):
-    if not np.isnan(iou):
-      out[f'eval_iou/{name}'] = float(iou)
+  for key in ('fg_iou', 'fg_dice'):
+    if key in result:
+      out[f'eval_{key}'] = result[key]
+  for metric in ('iou', 'dice', 'precision', 'recall'):
+    for name, value in zip(class_names, result[metric]):
+      if not np.isnan(value):
+        out[f'eval_{metric}/{name}'] = float(value)
   return out
 
 
@@ -161,8 +172,9 @@ def evaluate_and_log(eval_fn, state, ds, dp: DataParallel, step: int, writer,
     writer.write_images(step, {
         f'eval_image_{i}': eval_panel(*sample, ds.ignore_label)[None]
         for i, sample in enumerate(samples)})
-  logging.info('eval @ step %d: mIoU %.4f  pixel acc %.4f  mean class acc '
-               '%.4f  loss %.4f  (%d examples)\n%s', step, result['miou'],
+  logging.info('eval @ step %d: mIoU %.4f  mDice %.4f  mFscore %.4f  pixel '
+               'acc %.4f  mean class acc %.4f  loss %.4f  (%d examples)\n%s',
+               step, result['miou'], result['mdice'], result['mfscore'],
                result['pixel_accuracy'], result['mean_class_accuracy'],
                result['loss'], result['examples'],
                seg_metrics.class_table(result, ds.class_names))

@@ -11,6 +11,14 @@ state has the same structure in both phases, so a run resumes in either.
 True keeps train mode (normalises with batch statistics and updates the running
 averages, like `requires_grad=False` in PyTorch with `model.train()`); False
 runs the backbone in inference mode (running averages, no updates).
+
+Training extras (configs/segmentation_common.py): OHEM and class weights act
+in the loss (`jaxres.seg_losses`); class weights from label statistics
+(config.class_weighting) are computed once from the training masks the
+start-up scan counts, logged and saved in the run's dataset.json. With
+config.aux_loss_weight > 0 the model trains with an auxiliary FCN head
+(`jaxres.models.aux_head`) whose variables live under 'aux_head'; evaluation
+runs the model without them.
 """
 from __future__ import annotations
 
@@ -23,11 +31,13 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from jaxres import checkpoint as ckpt_lib
 from jaxres import optim
 from jaxres import seg_inference
 from jaxres import seg_losses
 from jaxres import train_state
 from jaxres.config_checks import ConfigError
+from jaxres.models import aux_head
 from jaxres.sharding import DataParallel
 from jaxres.tasks import seg_eval
 
@@ -104,10 +114,13 @@ def train_step(state, batch, rng, *, loss_fn, lr_fn, num_classes: int,
         rngs={'dropout': step_rng})
     if frozen_backbone and not backbone_bn_train:
       with nn.intercept_methods(_backbone_in_inference_mode):
-        logits, updates = apply()
+        outputs, updates = apply()
     else:
-      logits, updates = apply()
-    loss, parts = loss_fn(logits, batch['label'])
+      outputs, updates = apply()
+    # A model with an auxiliary head (aux_head.WithAuxHead) gives two.
+    logits, aux_logits = outputs if isinstance(outputs, tuple) else (outputs,
+                                                                     None)
+    loss, parts = loss_fn(logits, batch['label'], aux_logits)
     return loss, (logits, parts, updates.get('batch_stats', state.batch_stats))
 
   (loss, (logits, parts, batch_stats)), grads = jax.value_and_grad(
@@ -121,7 +134,8 @@ def train_step(state, batch, rng, *, loss_fn, lr_fn, num_classes: int,
       'pixel_accuracy': jnp.sum(correct) / jnp.maximum(jnp.sum(valid), 1),
       'grad_norm': optax.tree.norm(grads),
       'learning_rate': lr_fn(state.step),
-      **{f'loss_{name}': value for name, value in parts.items()},
+      **{name if name in seg_losses.STATS else f'loss_{name}': value
+         for name, value in parts.items()},
   }
   return new_state, metrics
 
@@ -129,6 +143,42 @@ def train_step(state, batch, rng, *, loss_fn, lr_fn, num_classes: int,
 # ---------------------------------------------------------------------------
 # The task.
 # ---------------------------------------------------------------------------
+
+def _without_training_only(eval_step, state, batch):
+  """Evaluates the model alone: no auxiliary head variables."""
+  return eval_step(state.replace(
+      params=ckpt_lib.without_training_only(state.params),
+      batch_stats=ckpt_lib.without_training_only(state.batch_stats)), batch)
+
+
+def computed_class_weights(config, ds):
+  """config.class_weighting's weights from the scanned training masks (or
+  None), logged with the counts they come from."""
+  method = config.get('class_weighting', 'none')
+  if method == 'none':
+    return None
+  stats = getattr(ds, 'train_label_stats', None)
+  if stats is None:
+    raise ConfigError(f'class_weighting={method!r} needs the pixel counts of '
+                      'the training masks, which this dataset does not give; '
+                      'set config.class_weights instead.')
+  try:
+    weights = seg_losses.class_weights_from_counts(
+        method, stats.class_pixels, stats.image_pixels)
+  except ValueError as e:
+    raise ConfigError(str(e)) from e
+  total = max(int(stats.class_pixels.sum()), 1)
+  lines = [f'  {name:<16} {w:9.4f}  ({100 * c / total:6.2f}% of pixels)'
+           for name, w, c in zip(ds.class_names, weights, stats.class_pixels)]
+  logging.info('Class weights (%s) from %d of %d training masks (set '
+               'config.label_check_files to count more):\n%s', method,
+               stats.num_masks, stats.num_files, '\n'.join(lines))
+  missing = [n for n, c in zip(ds.class_names, stats.class_pixels) if not c]
+  if missing:
+    logging.warning('Classes absent from the counted masks get the largest '
+                    'weight: %s.', ', '.join(missing))
+  return tuple(float(w) for w in weights)
+
 
 def hw(size):
   """An int or (h, w) config value as an (h, w) tuple."""
@@ -156,9 +206,37 @@ def check_config(config, num_classes=None):
       problems.append(f'class_weights={class_weights} must be >= 0.')
   if config.eval_size is not None and any(s <= 0 for s in hw(config.eval_size)):
     problems.append(f'eval_size={config.eval_size} must be positive.')
+  problems += _training_extras_problems(config)
   if problems:
     raise ConfigError('Invalid segmentation config:\n  ' +
                       '\n  '.join(problems))
+
+
+def _training_extras_problems(config) -> list[str]:
+  """What is wrong with the OHEM, class weighting and auxiliary head fields."""
+  problems = []
+  thresh = config.get('ohem_thresh')
+  if thresh is not None and not 0 < thresh <= 1:
+    problems.append(f'ohem_thresh={thresh} must be in (0, 1] (a probability '
+                    'of the true class; mmseg uses 0.7), or None for no OHEM.')
+  min_kept = config.get('ohem_min_kept')
+  if thresh is not None and (min_kept is None or min_kept < 1):
+    problems.append(f'ohem_min_kept={min_kept} must be >= 1 (pixels kept per '
+                    'image at least; mmseg uses 100000) when ohem_thresh is '
+                    'set.')
+  weighting = config.get('class_weighting', 'none')
+  if weighting not in seg_losses.CLASS_WEIGHTINGS:
+    problems.append(f'class_weighting={weighting!r}: choose one of '
+                    f'{", ".join(seg_losses.CLASS_WEIGHTINGS)}.')
+  elif weighting != 'none' and config.class_weights is not None:
+    problems.append(f'class_weighting={weighting!r} computes the class weights;'
+                    f' class_weights={config.class_weights} sets them: set '
+                    'only one (the other to none / None).')
+  aux = config.get('aux_loss_weight') or 0
+  if aux < 0:
+    problems.append(f'aux_loss_weight={aux} must be >= 0 (0: no auxiliary '
+                    'head).')
+  return problems
 
 
 class Segmentation:
@@ -169,6 +247,7 @@ class Segmentation:
 
   def __init__(self, config):
     self.config = config
+    self.class_weights = None  # Computed from label counts, if configured.
 
   def check_config(self, num_classes=None):
     check_config(self.config, num_classes)
@@ -179,16 +258,31 @@ class Segmentation:
         self.config, seed=self.config.seed, process_index=process_index,
         process_count=process_count)
     self.check_config(ds.num_classes)
+    self.class_weights = computed_class_weights(self.config, ds)
     return ds
 
   def input_shape(self, ds):
     del ds
     return (*hw(self.config.crop_size), 3)
 
+  def training_model(self, model):
+    """The module trained: `model`, with an auxiliary head if configured."""
+    if not self.config.get('aux_loss_weight'):
+      return model
+    return aux_head.with_aux_head(model, model.num_classes)
+
   def dataset_info(self, ds) -> dict:
-    return {'num_classes': ds.num_classes, 'class_names': list(ds.class_names),
+    info = {'num_classes': ds.num_classes, 'class_names': list(ds.class_names),
             'image_shape': list(self.input_shape(ds)),
             'ignore_label': ds.ignore_label}
+    if self.class_weights is not None:
+      stats = ds.train_label_stats
+      info['class_weights'] = {
+          'method': self.config.class_weighting,
+          'weights': [float(w) for w in self.class_weights],
+          'label_pixels': [int(c) for c in stats.class_pixels],
+          'masks_counted': stats.num_masks}
+    return info
 
   def optimizer(self, lr_fn, params_shape, durations):
     return make_optimizer(self.config, lr_fn, params_shape,
@@ -198,7 +292,8 @@ class Segmentation:
     """[(end_step, step_fn)]: step_fn runs while step < end_step."""
     freeze_steps = durations('freeze_backbone', default=0)
     step = functools.partial(
-        train_step, loss_fn=seg_losses.make_loss_fn(self.config, ds.ignore_label),
+        train_step, loss_fn=seg_losses.make_loss_fn(
+            self.config, ds.ignore_label, class_weights=self.class_weights),
         lr_fn=lr_fn, num_classes=ds.num_classes, ignore_label=ds.ignore_label,
         backbone_bn_train=self.config.freeze_bn_train_mode)
     phases = [(None, functools.partial(step, frozen_backbone=False))]
@@ -215,7 +310,8 @@ class Segmentation:
         seg_eval.eval_step, num_classes=ds.num_classes,
         ignore_label=ds.ignore_label,
         resize_logits=self.config.eval_size is not None, inference=mode)
-    return step, (dp.replicated, dp.batch)
+    return functools.partial(_without_training_only, step), (dp.replicated,
+                                                             dp.batch)
 
   def evaluate(self, eval_fn, state, ds, dp: DataParallel, step: int, writer):
     return seg_eval.evaluate_and_log(
