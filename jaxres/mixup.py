@@ -54,18 +54,17 @@ def draw(rng, cfg: MixConfig, height: int, width: int) -> dict:
   lam is the weight of the batch itself (1: not mixed); for CutMix it is
   already corrected to the clipped box's area.
   """
-  k_apply, k_switch, k_mix, k_cut, k_y, k_x = jax.random.split(rng, 6)
+  k_apply, k_switch, k_beta, k_y, k_x = jax.random.split(rng, 5)
   apply = jax.random.uniform(k_apply) < cfg.prob
   if cfg.mixup_alpha > 0 and cfg.cutmix_alpha > 0:
     cutmix = jax.random.uniform(k_switch) < cfg.switch_prob
   else:
     cutmix = jnp.asarray(cfg.cutmix_alpha > 0)
-  lam_mixup = (jax.random.beta(k_mix, cfg.mixup_alpha, cfg.mixup_alpha)
-               if cfg.mixup_alpha > 0 else jnp.float32(1.))
-  lam_cutmix = (jax.random.beta(k_cut, cfg.cutmix_alpha, cfg.cutmix_alpha)
-                if cfg.cutmix_alpha > 0 else jnp.float32(1.))
+  # One Beta draw with the chosen alpha (a gamma sampler compiles slowly).
+  alpha = jnp.where(cutmix, cfg.cutmix_alpha, cfg.mixup_alpha)
+  lam = jax.random.beta(k_beta, alpha, alpha)
   # The box: side sqrt(1 - lam) of each image side, truncated like timm's int().
-  ratio = jnp.sqrt(1. - lam_cutmix)
+  ratio = jnp.sqrt(1. - lam)
   cut_h = jnp.floor(height * ratio).astype(jnp.int32)
   cut_w = jnp.floor(width * ratio).astype(jnp.int32)
   cy = jax.random.randint(k_y, (), 0, height)
@@ -75,7 +74,7 @@ def draw(rng, cfg: MixConfig, height: int, width: int) -> dict:
   x0, x1 = (jnp.clip(cx - cut_w // 2, 0, width),
             jnp.clip(cx + cut_w // 2, 0, width))
   lam_box = 1. - ((y1 - y0) * (x1 - x0)).astype(jnp.float32) / (height * width)
-  lam = jnp.where(cutmix, lam_box, lam_mixup)
+  lam = jnp.where(cutmix, lam_box, lam)
   lam = jnp.where(apply, lam, 1.).astype(jnp.float32)
   return {'lam': lam, 'cutmix': apply & cutmix, 'box': (y0, y1, x0, x1)}
 

@@ -1,9 +1,11 @@
 """The train state and the model it holds, as every task builds them.
 
-A TrainState is (step, params, batch_stats, opt_state) and, for a run with
-config.ema_decay > 0, the exponential moving averages of the params and of the
-BatchNorm statistics (ema_params, ema_batch_stats; None otherwise, so a state
-without EMA has the tree of older checkpoints). The model comes from
+A TrainState is (step, params, batch_stats, opt_state); for a run with
+config.ema_decay > 0 it is an EmaTrainState, which adds the exponential moving
+averages of the params and of the BatchNorm statistics (ema_params,
+ema_batch_stats). Two classes, not None fields: Orbax records a None leaf in a
+checkpoint's tree, and a run without EMA must keep restoring the checkpoints
+written before EMA existed. The model comes from
 the registry in `jaxres.models` with the config's dtype and keyword arguments.
 The model validates its own arguments (output_stride, stem, backbone, ...):
 `build_model` turns those errors into a ConfigError at start-up, so each
@@ -27,18 +29,27 @@ DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16,
 
 class TrainState(train_state.TrainState):
   batch_stats: Any
+
+  has_ema = False
+
+
+class EmaTrainState(TrainState):
+  """A TrainState with the EMA of its params and BatchNorm statistics."""
   ema_params: Any = None
   ema_batch_stats: Any = None
 
-  @property
-  def has_ema(self) -> bool:
-    return self.ema_params is not None
+  has_ema = True
 
-  def ema_weights(self) -> 'TrainState':
+  def ema_weights(self) -> 'EmaTrainState':
     """The same state with the EMA weights in params/batch_stats (same tree,
     so a jitted evaluation step runs it without recompiling)."""
     return self.replace(params=self.ema_params,
                         batch_stats=self.ema_batch_stats)
+
+  def without_ema(self) -> TrainState:
+    return TrainState(step=self.step, apply_fn=self.apply_fn,
+                      params=self.params, tx=self.tx, opt_state=self.opt_state,
+                      batch_stats=self.batch_stats)
 
 
 def ema_decay_at(step, decay: float, every: int, warmup_steps: int):
@@ -103,11 +114,12 @@ def params_shape(model, input_shape):
 def create_train_state(model, tx, rng, input_shape,
                        ema: bool = False) -> TrainState:
   params, batch_stats = init_variables(model, rng, input_shape)
-  state = TrainState.create(apply_fn=model.apply, params=params, tx=tx,
-                            batch_stats=batch_stats)
   if ema:  # The average starts as a copy of the initial model.
-    state = state.replace(ema_params=params, ema_batch_stats=batch_stats)
-  return state
+    return EmaTrainState.create(
+        apply_fn=model.apply, params=params, tx=tx, batch_stats=batch_stats,
+        ema_params=params, ema_batch_stats=batch_stats)
+  return TrainState.create(apply_fn=model.apply, params=params, tx=tx,
+                           batch_stats=batch_stats)
 
 
 def init_from_pretrained(config, state: TrainState, replicated) -> TrainState:

@@ -200,8 +200,7 @@ def _weights_to_evaluate(config, state):
   use_ema = bool(config.get('eval_use_ema'))
   logging.info('Evaluating the %s weights (config.eval_use_ema=%s).',
                'EMA' if use_ema else 'trained', use_ema)
-  chosen = state.ema_weights() if use_ema else state
-  return chosen.replace(ema_params=None, ema_batch_stats=None)
+  return (state.ema_weights() if use_ema else state).without_ema()
 
 
 def _resolve_tfds_read(config, record):

@@ -195,7 +195,7 @@ class Classification:
     metrics = evaluate(eval_fn, state, ds.eval_iter_fn(), dp)
     line = (f'top-1 {metrics["eval_top1"]:.4f}  top-5 {metrics["eval_top5"]:.4f}'
             f'  loss {metrics["eval_loss"]:.4f}')
-    if getattr(state, 'has_ema', False):
+    if state.has_ema:
       ema = evaluate(eval_fn, state.ema_weights(), ds.eval_iter_fn(), dp)
       metrics.update({k.replace('eval_', 'eval_ema_'): v
                       for k, v in ema.items() if k != 'eval_examples'})
