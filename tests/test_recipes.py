@@ -138,8 +138,7 @@ class NormFree(nn.Module):
     return nn.Dense(5)(jnp.mean(x, axis=(1, 2)))
 
 
-def _norm_free_state(ema=False, lr=0.1):
-  tx = optax.sgd(lr, momentum=0.9)
+def _norm_free_state(ema=False, tx=optax.sgd(0.1, momentum=0.9)):
   return train_state.create_train_state(NormFree(), tx, jax.random.key(0),
                                         (8, 8, 3), ema=ema)
 
@@ -172,6 +171,18 @@ def test_ema_matches_its_closed_form():
   d = [float(train_state.ema_decay_at(s, 0.9, every=2, warmup_steps=2))
        for s in (1, 2, 3, 4)]
   assert d == [1., pytest.approx(0.), 1., pytest.approx(0.9)]
+
+
+def test_batch_rescaling_moves_the_step_and_keeps_the_average():
+  """trainer.rescale_step: the EMA has no counter of its own (its warmup and
+  every-k use state.step), so only step and the optimizer counts move."""
+  from jaxres import trainer  # pylint: disable=g-import-not-at-top
+  state = jax.device_put(_norm_free_state(ema=True, tx=optax.adam(0.1)))
+  rescaled = trainer.rescale_step(state, 12)
+  assert int(rescaled.step) == 12 and int(rescaled.opt_state[0].count) == 12
+  helpers.assert_trees_equal(
+      (rescaled.ema_params, rescaled.ema_batch_stats, rescaled.params),
+      (state.ema_params, state.ema_batch_stats, state.params))
 
 
 def test_accumulated_micro_batches_equal_one_big_step():
