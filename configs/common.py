@@ -121,9 +121,10 @@ def classification_config() -> ml_collections.ConfigDict:
 
   # Augmentation (declared by the augment work; keep one copy on merge)
   c.augment = 'none'  # 'none', 'randaugment', 'trivialaugment', 'autoaugment'.
-  c.randaugment_n = 2  # RandAugment: operations per image.
-  c.randaugment_m = 9  # RandAugment: magnitude (0-30 scale as timm's m).
-  c.random_erasing = 0.0  # Probability of erasing one random box per image.
-  c.eval_crop_pct = 0.875  # Eval centre crop fraction (224 / 256).
-  c.interpolation = 'bilinear'  # Resize interpolation: bilinear or bicubic.
+  c.randaugment_n = 2  # RandAugment: ops per image.
+  c.randaugment_m = 9.0  # RandAugment: magnitude, timm's 0-10 scale.
+  c.randaugment_mstd = 0.0  # RandAugment: timm's magnitude std.
+  c.random_erasing = 0.0  # Probability of erasing one box (timm 'pixel').
+  c.eval_crop_pct = optional(float)  # None: each pipeline's current rule.
+  c.interpolation = optional(str)  # 'bilinear' or 'bicubic'; None: current.
   return c

@@ -26,8 +26,6 @@ Global gradient-norm clipping at 1.0: timm's Lamb does it by default.
 
 Not matched (known differences):
 - Repeated augmentation (A1, A2): not in jaxres.
-- RandAugment's magnitude noise (mstd0.5) and increasing-magnitude ops (inc1)
-  have no fields here: randaugment_m sets the mean magnitude only.
 - A3 trains at 160 and tests at 224; jaxres uses one image_size, here 224
   (about 2x the training compute of 160; the FixRes effect is lost).
 - The schedule ends at 0 (timm: 1e-6) and the warmup starts at 0 (timm:
@@ -91,7 +89,8 @@ def get_config(arg: str = 'a1'):
 
   c.augment = 'randaugment'
   c.randaugment_n = 2
-  c.randaugment_m = magnitude
+  c.randaugment_m = float(magnitude)
+  c.randaugment_mstd = 0.5
   c.random_erasing = 0.0
   c.eval_crop_pct = 0.95
   c.interpolation = 'bicubic'
