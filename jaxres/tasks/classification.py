@@ -1,7 +1,10 @@
-"""Image classification: softmax cross-entropy, top-1 / top-5 evaluation.
+"""Image classification: cross-entropy or BCE, top-1 / top-5 evaluation.
 
 What the task adds to the loop in `jaxres.trainer`: its data, its step and its
-evaluator. Steps are pure functions, jitted once by the loop.
+evaluator. Steps are pure functions, jitted once by the loop. The train step
+also holds the modern-recipe parts that act on a batch: Mixup/CutMix
+(`jaxres.mixup`), gradient accumulation over micro-batches and the EMA update;
+evaluation reports the EMA weights beside the trained ones.
 """
 from __future__ import annotations
 
