@@ -76,7 +76,7 @@ def make_optimizer(config, lr_fn):
     tx = lamb(lr_fn, config.adam_b1, config.adam_b2, config.weight_decay, mask)
   elif name == 'lars':
     # Biases and norm parameters (with wd_exclude_bias_norm) get neither
-    # weight decay nor the layer-wise trust ratio, as in the LARS paper.
+    # weight decay nor the layer-wise trust ratio (MLPerf, SimCLR practice).
     tx = optax.lars(lr_fn, weight_decay=config.weight_decay,
                     weight_decay_mask=mask, trust_ratio_mask=mask,
                     trust_coefficient=config.get('lars_trust_coefficient',
