@@ -115,4 +115,25 @@ def classification_config() -> ml_collections.ConfigDict:
   # Train and eval resizes: 'bilinear' | 'bicubic'. None keeps each
   # pipeline's: TFDS bicubic, folder bilinear.
   c.interpolation = optional(str)
+
+  # Modern recipes
+  c.mixup_alpha = 0.0  # Mixup lambda ~ Beta(a, a) per batch; 0: no Mixup.
+  c.cutmix_alpha = 0.0  # CutMix lambda ~ Beta(a, a) per batch; 0: no CutMix.
+  c.mixup_prob = 1.0  # Probability that a batch is mixed at all (timm's prob).
+  c.mixup_switch_prob = 0.5  # With both alphas: P(CutMix) over P(Mixup).
+  c.loss = 'ce'  # 'ce': softmax, soft targets; 'bce': sigmoid per class (timm).
+  c.bce_target_thresh = optional(float)  # 'bce': target > t -> 1, else 0.
+  c.ema_decay = 0.0  # EMA of params and BN statistics per update; 0: no EMA.
+  c.ema_every_steps = 1  # Update the EMA every this many optimizer steps.
+  c.ema_warmup_steps = optional(int)  # The EMA copies the model until then
+  c.ema_warmup_epochs = optional(float)  # (torchvision: the LR warmup);
+  c.ema_warmup_examples = optional(int)  # unset: averages from step 1.
+  c.eval_use_ema = False  # --mode=eval evaluates the EMA weights, not the raw.
+  # Micro-batches per optimizer step (batch_size stays the global batch per
+  # step; memory holds batch_size / K). Gradients are averaged over the K;
+  # BatchNorm normalises each micro-batch with its own statistics and updates
+  # its running averages K times per step. LR schedule and EMA: once per step.
+  c.grad_accum_steps = 1
+  c.wd_exclude_bias_norm = True  # No weight decay on biases and norm params.
+  c.lars_trust_coefficient = 0.001  # optimizer='lars' only.
   return c

@@ -78,6 +78,10 @@ def experiment_meta(config) -> dict:
     if hasattr(value, 'to_dict'):
       value = value.to_dict()
     meta[key] = value
+  if config.get('ema_decay'):
+    # Only when on, so runs without EMA keep the meta they always had; a run
+    # cannot switch EMA on or off mid-way (its checkpoints lack the average).
+    meta['ema'] = True
   return json.loads(json.dumps(meta, default=str))
 
 
@@ -308,14 +312,21 @@ def restore_latest(manager, abstract_state, meta: dict | None,
   return None, None
 
 
+# Where a TrainState keeps its EMA weights (config.ema_decay > 0).
+EMA_KEYS = {'params': 'ema_params', 'batch_stats': 'ema_batch_stats'}
+
+
 def restore_variables(directory, step: int, abstract,
                       weights: str = 'params') -> dict:
-  """Reads only `weights` (params, or EMA params) and batch_stats of a step's
-  state, onto one device; returns them as {weights, 'batch_stats'}."""
+  """Reads only `weights` ('params', or 'ema_params' with 'ema_batch_stats')
+  and the BatchNorm statistics of a step's state, onto one device; returns
+  them under their names in the state (checksums are keyed by them)."""
   device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  stats = (EMA_KEYS['batch_stats'] if weights == EMA_KEYS['params']
+           else 'batch_stats')
   wanted = {weights: abstract['params']}
   if abstract.get('batch_stats'):
-    wanted['batch_stats'] = abstract['batch_stats']
+    wanted[stats] = abstract['batch_stats']
   target = jax.tree.map(
       lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device),
       wanted)
@@ -326,5 +337,5 @@ def restore_variables(directory, step: int, abstract,
             item=target,
             restore_args=ocp.checkpoint_utils.construct_restore_args(target),
             partial_restore=True))
-  restored.setdefault('batch_stats', {})
+  restored.setdefault(stats, {})
   return restored

@@ -13,7 +13,8 @@ class ConfigError(ValueError):
 # Durations: (prefix, may be zero). A zero interval would never fire or divide
 # by zero; a zero-length run or warmup is allowed.
 _DURATIONS = (('num_train', True), ('warmup', True), ('eval_every', False),
-              ('checkpoint_every', False), ('log_every', False))
+              ('checkpoint_every', False), ('log_every', False),
+              ('ema_warmup', True))
 
 
 def _check_augment(config, need):
@@ -92,6 +93,8 @@ def check_config(config):
       if value is not None:
         need(value > 0 or (zero_ok and value == 0),
              f'{name}={value} must be {">= 0" if zero_ok else "> 0"}.')
+  if 'grad_accum_steps' in config:
+    _check_recipes(config, need)
   if 'tfds_read' in config:
     need(config.tfds_read in ('auto', 'shards', 'stream'),
          f'tfds_read={config.tfds_read!r} is not one of auto, shards, stream.')
@@ -110,9 +113,42 @@ def check_config(config):
          f'{field}={config[field]} must be a multiple of the device count '
          f'({devices} devices here), e.g. '
          f'{max(devices, config[field] // devices * devices)}.')
+  accum = config.get('grad_accum_steps') or 1
+  if accum > 1:
+    need(config.batch_size % (accum * devices) == 0,
+         f'batch_size={config.batch_size} must be a multiple of '
+         f'grad_accum_steps x devices ({accum} x {devices}): each device '
+         'takes the same share of every micro-batch.')
   need(config.model in models.MODELS,
        f'model={config.model!r} is unknown. Known models: '
        f'{", ".join(sorted(models.MODELS))}.')
   if problems:
     raise ConfigError('Invalid config:\n  ' + '\n  '.join(problems) +
                       '\nFix the config file or the --config.<field> override.')
+
+
+def _check_recipes(config, need):
+  """Mixup/CutMix, loss, EMA, accumulation, LARS (classification fields)."""
+  from jaxres import mixup  # pylint: disable=g-import-not-at-top
+  for name in ('mixup_alpha', 'cutmix_alpha'):
+    need(config[name] >= 0, f'{name}={config[name]} must be >= 0 (0: off).')
+  for name in ('mixup_prob', 'mixup_switch_prob'):
+    need(0 <= config[name] <= 1, f'{name}={config[name]} must be in [0, 1].')
+  need(config.loss in mixup.LOSSES,
+       f'loss={config.loss!r} is not one of {mixup.LOSSES}.')
+  thresh = config.bce_target_thresh
+  need(thresh is None or (config.loss == 'bce' and 0 <= thresh < 1),
+       f'bce_target_thresh={thresh} needs loss=\'bce\' and a value in '
+       '[0, 1) (ResNet strikes back: 0.2), or None.')
+  need(0 <= config.ema_decay < 1,
+       f'ema_decay={config.ema_decay} must be in [0, 1) (0: no EMA; '
+       'typical 0.9998-0.99999).')
+  need(config.ema_every_steps >= 1,
+       f'ema_every_steps={config.ema_every_steps} must be >= 1.')
+  need(not config.eval_use_ema or config.ema_decay > 0,
+       'eval_use_ema=True needs a run trained with ema_decay > 0 (there are '
+       'no EMA weights to evaluate otherwise).')
+  need(config.grad_accum_steps >= 1,
+       f'grad_accum_steps={config.grad_accum_steps} must be >= 1.')
+  need(config.lars_trust_coefficient > 0,
+       f'lars_trust_coefficient={config.lars_trust_coefficient} must be > 0.')

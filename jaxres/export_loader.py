@@ -21,9 +21,9 @@ from jaxres import models
 
 DATASET_INFO_FILE = 'dataset.json'  # Written by the trainer (inference.py).
 CONVERTED_META_FILE = 'jaxres_model.json'  # Written by jaxres.convert.
-# Where a checkpoint's TrainState would keep EMA weights. No jaxres trainer
-# writes them yet: --ema refuses until one does (then only this changes).
-EMA_PARAMS = 'ema_params'
+# Where a checkpoint's TrainState keeps its EMA weights (config.ema_decay).
+EMA_PARAMS = ckpt_lib.EMA_KEYS['params']
+EMA_STATS = ckpt_lib.EMA_KEYS['batch_stats']
 
 
 class ExportError(RuntimeError):
@@ -137,14 +137,15 @@ def _load_run(workdir: str, step, ema: bool, expect: dict) -> Trained:
       if EMA_PARAMS not in state_tree:
         raise ExportError(
             f'--ema: {where} has no EMA weights ({EMA_PARAMS!r} is not in its '
-            'state; jaxres does not train with EMA yet). Export without --ema.')
+            'state: the run was trained without config.ema_decay). Export '
+            'without --ema.')
       weights = EMA_PARAMS
+    stats = EMA_STATS if ema else 'batch_stats'
     hw = _recorded_hw(workdir)
     abstract = _abstract_variables(model, hw)
-    saved = {k.replace(EMA_PARAMS, 'params', 1): v
+    saved = {k.replace(weights, 'params', 1).replace(stats, 'batch_stats', 1): v
              for k, v in ckpt_lib.leaf_shapes(
-                 state_tree, (weights, 'batch_stats'),
-                 model_only=True).items()}
+                 state_tree, (weights, stats), model_only=True).items()}
     _check_fits(saved, abstract, where)
     try:
       restored = ckpt_lib.restore_variables(directory, step, abstract, weights)
@@ -160,7 +161,7 @@ def _load_run(workdir: str, step, ema: bool, expect: dict) -> Trained:
     if manager is not None:
       manager.close()
   variables = {'params': restored[weights],
-               'batch_stats': restored.get('batch_stats', {})}
+               'batch_stats': restored.get(stats, {})}
   return Trained(model, variables, meta, _task(meta, abstract), where, hw)
 
 

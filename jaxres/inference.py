@@ -163,9 +163,21 @@ def abstract_variables(model, input_shape) -> dict:
         f'The model does not build: {e} Fix config.model_kwargs.') from e
 
 
+def _check_has_ema(manager, step, directory):
+  try:
+    tree = manager.item_metadata(step)['state']
+  except Exception:  # pylint: disable=broad-except
+    return  # Unreadable metadata: the restore itself reports it.
+  if tree is not None and ckpt_lib.EMA_KEYS['params'] not in tree:
+    raise ckpt_lib.CheckpointError(
+        f'--ema: checkpoint step {step} in {directory} has no EMA weights (the '
+        'run was trained without config.ema_decay). Run without --ema.')
+
+
 def load_for_inference(config, *, workdir: Optional[str] = None,
                        checkpoint: Optional[str] = None,
-                       step: Optional[int] = None) -> InferenceModel:
+                       step: Optional[int] = None,
+                       ema: bool = False) -> InferenceModel:
   """Restores the model of a training run for inference.
 
   Args:
@@ -173,6 +185,7 @@ def load_for_inference(config, *, workdir: Optional[str] = None,
     workdir: the run's directory: its latest checkpoint, or `step`.
     checkpoint: instead of workdir, one step directory RUN/checkpoints/STEP.
     step: with workdir, the checkpoint step to restore (default latest).
+    ema: restore the EMA weights (a run trained with config.ema_decay > 0).
 
   Raises:
     CheckpointError: no checkpoint, or one of another task or model.
@@ -201,9 +214,16 @@ def load_for_inference(config, *, workdir: Optional[str] = None,
     ckpt_lib.check_meta(manager, step, ckpt_lib.experiment_meta(config),
                         fields=MODEL_FIELDS)
     ckpt_lib.check_fits(manager, step, abstract)
+    weights, stats = ((ckpt_lib.EMA_KEYS['params'],
+                       ckpt_lib.EMA_KEYS['batch_stats']) if ema
+                      else ('params', 'batch_stats'))
+    if ema:
+      _check_has_ema(manager, step, directory)
     try:
-      variables = ckpt_lib.restore_variables(directory, step, abstract)
-      ckpt_lib.verify(manager, step, variables)
+      restored = ckpt_lib.restore_variables(directory, step, abstract, weights)
+      ckpt_lib.verify(manager, step, restored)
+      variables = {'params': restored[weights],
+                   'batch_stats': restored.get(stats, {})}
     except ckpt_lib.ChecksumError as e:
       raise ckpt_lib.CheckpointError(
           f'Checkpoint step {step} in {manager.directory} is damaged: {e}. '
@@ -214,8 +234,8 @@ def load_for_inference(config, *, workdir: Optional[str] = None,
           f'{type(e).__name__}: {str(e)[:500]}') from e
   finally:
     manager.close()
-  logging.info('Restored %s (%s) from step %d of %s.', config.model,
-               info['task'], step, directory)
+  logging.info('Restored %s (%s%s) from step %d of %s.', config.model,
+               info['task'], ', EMA weights' if ema else '', step, directory)
   return InferenceModel(
       model=model, variables=variables, task=info['task'],
       num_classes=info['num_classes'], class_names=info['class_names'],

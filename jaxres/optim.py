@@ -7,7 +7,8 @@ import jax.numpy as jnp
 import optax
 
 SCHEDULES = ('cosine', 'poly', 'constant', 'step')
-OPTIMIZERS = ('sgd', 'adamw')
+OPTIMIZERS = ('sgd', 'adamw', 'lamb', 'lars')
+LAMB_EPS = 1e-6  # timm's Lamb and optax.lamb default.
 
 
 def learning_rate_fn(config, base_lr: float, total_steps: int,
@@ -42,17 +43,45 @@ def decay_mask(params):
   return jax.tree.map(lambda p: p.ndim > 1, params)
 
 
+def decay_everything(params):
+  return jax.tree.map(lambda _: True, params)
+
+
+def lamb(lr_fn, b1: float, b2: float, weight_decay: float, mask):
+  """optax.lamb, except that the trust ratio, like the weight decay, skips
+  the leaves `mask` excludes: timm's Lamb adapts only parameters with weight
+  decay, so biases and norm parameters take plain Adam steps. With a mask
+  that selects every leaf this is exactly optax.lamb."""
+  return optax.chain(
+      optax.scale_by_adam(b1=b1, b2=b2, eps=LAMB_EPS),
+      optax.add_decayed_weights(weight_decay, mask),
+      optax.masked(optax.scale_by_trust_ratio(), mask),
+      optax.scale_by_learning_rate(lr_fn))
+
+
 def make_optimizer(config, lr_fn):
   """Returns the optax transformation for `config.optimizer`."""
   name = config.optimizer
+  mask = (decay_mask if config.get('wd_exclude_bias_norm', True)
+          else decay_everything)
   if name == 'sgd':
     tx = optax.chain(
-        optax.add_decayed_weights(config.weight_decay, decay_mask),
+        optax.add_decayed_weights(config.weight_decay, mask),
         optax.sgd(lr_fn, momentum=config.momentum, nesterov=config.nesterov))
   elif name == 'adamw':
     tx = optax.adamw(lr_fn, b1=config.adam_b1,
                      b2=config.adam_b2,
-                     weight_decay=config.weight_decay, mask=decay_mask)
+                     weight_decay=config.weight_decay, mask=mask)
+  elif name == 'lamb':
+    tx = lamb(lr_fn, config.adam_b1, config.adam_b2, config.weight_decay, mask)
+  elif name == 'lars':
+    # Biases and norm parameters (with wd_exclude_bias_norm) get neither
+    # weight decay nor the layer-wise trust ratio (MLPerf, SimCLR practice).
+    tx = optax.lars(lr_fn, weight_decay=config.weight_decay,
+                    weight_decay_mask=mask, trust_ratio_mask=mask,
+                    trust_coefficient=config.get('lars_trust_coefficient',
+                                                 0.001),
+                    momentum=config.momentum, nesterov=config.nesterov)
   else:
     raise ValueError(f'Unknown config.optimizer={name!r}; choose one of '
                      f'{", ".join(OPTIMIZERS)}.')

@@ -329,7 +329,7 @@ def with_inference_flags(config, *, inference_mode: Optional[str] = None,
 def predict(config, *, inputs: str, output: str, workdir: Optional[str] = None,
             checkpoint: Optional[str] = None, step: Optional[int] = None,
             overwrite: bool = False, alpha: float = 0.5, top_k: int = 5,
-            show: bool = True) -> list[str]:
+            show: bool = True, ema: bool = False) -> list[str]:
   """Predicts every image under `inputs`; returns the paths written.
 
   Everything the user gave is checked before the checkpoint is read.
@@ -342,7 +342,8 @@ def predict(config, *, inputs: str, output: str, workdir: Optional[str] = None,
   if top_k < 1:
     raise PredictError(f'--top_k={top_k} must be at least 1.')
   model = inference.load_for_inference(config, workdir=workdir,
-                                       checkpoint=checkpoint, step=step)
+                                       checkpoint=checkpoint, step=step,
+                                       ema=ema)
   out = epath.Path(output)
   out.mkdir(parents=True, exist_ok=True)
   if model.task == 'segmentation':
@@ -367,6 +368,8 @@ def _define_flags():
   flags.DEFINE_string('output', None, 'Folder for the predictions.')
   flags.DEFINE_bool('overwrite', False,
                     'Allow writing into a non-empty --output.')
+  flags.DEFINE_bool('ema', False, 'Use the EMA weights of a run trained '
+                    'with config.ema_decay > 0.')
   flags.DEFINE_integer('top_k', 5, 'Classification: classes listed per image.')
   flags.DEFINE_float('alpha', 0.5, 'Segmentation: opacity of the colours in '
                      'the overlays.')
@@ -402,7 +405,7 @@ def main(argv: Sequence[str]):
     written = predict(config, inputs=FLAGS.input, output=FLAGS.output,
                       workdir=FLAGS.workdir, checkpoint=FLAGS.checkpoint,
                       step=FLAGS.step, overwrite=FLAGS.overwrite,
-                      alpha=FLAGS.alpha, top_k=FLAGS.top_k)
+                      alpha=FLAGS.alpha, top_k=FLAGS.top_k, ema=FLAGS.ema)
   except (PredictError, ckpt_lib.CheckpointError,
           config_checks.ConfigError) as e:
     main_lib.fail(str(e))

@@ -1,6 +1,11 @@
 """The train state and the model it holds, as every task builds them.
 
-A TrainState is (step, params, batch_stats, opt_state); the model comes from
+A TrainState is (step, params, batch_stats, opt_state); for a run with
+config.ema_decay > 0 it is an EmaTrainState, which adds the exponential moving
+averages of the params and of the BatchNorm statistics (ema_params,
+ema_batch_stats). Two classes, not None fields: Orbax records a None leaf in a
+checkpoint's tree, and a run without EMA must keep restoring the checkpoints
+written before EMA existed. The model comes from
 the registry in `jaxres.models` with the config's dtype and keyword arguments.
 The model validates its own arguments (output_stride, stem, backbone, ...):
 `build_model` turns those errors into a ConfigError at start-up, so each
@@ -24,6 +29,47 @@ DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16,
 
 class TrainState(train_state.TrainState):
   batch_stats: Any
+
+  has_ema = False
+
+
+class EmaTrainState(TrainState):
+  """A TrainState with the EMA of its params and BatchNorm statistics."""
+  ema_params: Any = None
+  ema_batch_stats: Any = None
+
+  has_ema = True
+
+  def ema_weights(self) -> 'EmaTrainState':
+    """The same state with the EMA weights in params/batch_stats (same tree,
+    so a jitted evaluation step runs it without recompiling)."""
+    return self.replace(params=self.ema_params,
+                        batch_stats=self.ema_batch_stats)
+
+  def without_ema(self) -> TrainState:
+    return TrainState(step=self.step, apply_fn=self.apply_fn,
+                      params=self.params, tx=self.tx, opt_state=self.opt_state,
+                      batch_stats=self.batch_stats)
+
+
+def ema_decay_at(step, decay: float, every: int, warmup_steps: int):
+  """The EMA decay applied after optimizer step `step` (1-based).
+
+  0 (a copy of the model) while step <= warmup_steps, as torchvision's
+  reference resets its average during the learning-rate warmup; `decay`
+  every `every` steps after that; 1 (unchanged) at the other steps.
+  """
+  decay = jnp.where(step <= warmup_steps, 0., decay)
+  return jnp.where(step % every == 0, decay, 1.).astype(jnp.float32)
+
+
+def update_ema(state: TrainState, decay) -> TrainState:
+  """ema <- decay * ema + (1 - decay) * model, for params and batch_stats."""
+  average = lambda e, p: (decay * e + (1. - decay) * p).astype(e.dtype)
+  return state.replace(
+      ema_params=jax.tree.map(average, state.ema_params, state.params),
+      ema_batch_stats=jax.tree.map(average, state.ema_batch_stats,
+                                   state.batch_stats))
 
 
 def compute_dtype(config):
@@ -65,8 +111,13 @@ def params_shape(model, input_shape):
                       ) from e
 
 
-def create_train_state(model, tx, rng, input_shape) -> TrainState:
+def create_train_state(model, tx, rng, input_shape,
+                       ema: bool = False) -> TrainState:
   params, batch_stats = init_variables(model, rng, input_shape)
+  if ema:  # The average starts as a copy of the initial model.
+    return EmaTrainState.create(
+        apply_fn=model.apply, params=params, tx=tx, batch_stats=batch_stats,
+        ema_params=params, ema_batch_stats=batch_stats)
   return TrainState.create(apply_fn=model.apply, params=params, tx=tx,
                            batch_stats=batch_stats)
 
@@ -79,5 +130,10 @@ def init_from_pretrained(config, state: TrainState, replicated) -> TrainState:
       {'params': state.params, 'batch_stats': state.batch_stats},
       config.model, backbone_only=config.init_backbone_only, log=logging.info)
   loaded = jax.device_put(loaded, replicated)
-  return state.replace(params=loaded['params'],
-                       batch_stats=loaded.get('batch_stats', state.batch_stats))
+  state = state.replace(params=loaded['params'],
+                        batch_stats=loaded.get('batch_stats', state.batch_stats))
+  if state.has_ema:  # The average starts from the loaded weights.
+    copy = lambda tree: jax.tree.map(jnp.copy, tree)
+    state = state.replace(ema_params=copy(state.params),
+                          ema_batch_stats=copy(state.batch_stats))
+  return state

@@ -113,7 +113,8 @@ def train_and_evaluate(config: 'ml_collections.ConfigDict', workdir: str,
   init_rng, step_rng = jax.random.split(jax.random.key(config.seed))
   init_state = jax.jit(
       functools.partial(train_state.create_train_state, model, tx,
-                        input_shape=input_shape),
+                        input_shape=input_shape,
+                        ema=bool(config.get('ema_decay'))),
       out_shardings=dp.replicated)
   abstract = jax.eval_shape(init_state, init_rng)
   abstract = ckpt_lib.abstract_like(
@@ -140,7 +141,8 @@ def train_and_evaluate(config: 'ml_collections.ConfigDict', workdir: str,
     state, step = _start_up(config, workdir, manager, abstract, meta,
                             checkpoint_step=checkpoint_step)
     writer = _writer(workdir / 'eval')  # Own events, only once restored.
-    metrics = evaluate(state, step=step, writer=writer)
+    metrics = evaluate(_weights_to_evaluate(config, state), step=step,
+                       writer=writer)
     writer.close()
     manager.close()
     return metrics
@@ -188,6 +190,17 @@ def train_and_evaluate(config: 'ml_collections.ConfigDict', workdir: str,
                      checkpoint=ckpt_every))
     finally:
       writer.close()
+
+
+def _weights_to_evaluate(config, state):
+  """--mode=eval evaluates one set of weights: the EMA ones with
+  config.eval_use_ema, else the model's (training reports both)."""
+  if not getattr(state, 'has_ema', False):
+    return state
+  use_ema = bool(config.get('eval_use_ema'))
+  logging.info('Evaluating the %s weights (config.eval_use_ema=%s).',
+               'EMA' if use_ema else 'trained', use_ema)
+  return (state.ema_weights() if use_ema else state).without_ema()
 
 
 def _resolve_tfds_read(config, record):

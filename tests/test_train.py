@@ -36,8 +36,9 @@ def _run_steps(dp, config, num_steps=2):
   state = jax.jit(functools.partial(train_state.create_train_state, model, tx,
                                     input_shape=(32, 32, 3)),
                   out_shardings=dp.replicated)(jax.random.key(0))
-  step = jax.jit(functools.partial(classification.train_step, num_classes=10,
-                                   label_smoothing=0.1, lr_fn=lr_fn),
+  cfg = classification.StepConfig(num_classes=10, label_smoothing=0.1)
+  step = jax.jit(functools.partial(classification.train_step, cfg=cfg,
+                                   lr_fn=lr_fn),
                  in_shardings=(dp.replicated, dp.batch, dp.replicated),
                  out_shardings=(dp.replicated, dp.replicated))
   rng = np.random.default_rng(0)

@@ -276,6 +276,16 @@ def make_norm(train: bool, dtype: Dtype,
       dtype=dtype, param_dtype=param_dtype)
 
 
+def drop_path(x: jnp.ndarray, rate: float, rng) -> jnp.ndarray:
+  """Stochastic depth on a residual branch: each example's branch is zeroed
+  with probability `rate`, the kept ones scaled by 1 / (1 - rate)."""
+  if not rate:
+    return x
+  keep = 1. - rate
+  mask = jax.random.bernoulli(rng, keep, (x.shape[0],) + (1,) * (x.ndim - 1))
+  return jnp.where(mask, x / keep, 0).astype(x.dtype)
+
+
 def max_pool_3x3_s2(x: jnp.ndarray) -> jnp.ndarray:
   """torchvision ResNet stem pool: 3x3, stride 2, padding 1 (pads with -inf)."""
   return nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))

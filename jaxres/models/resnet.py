@@ -33,6 +33,8 @@ class BasicBlock(nn.Module):
   groups: int = 1
   width_per_group: int = 64
   zero_init_last_bn: bool = False
+  drop_path_rate: float = 0.  # Stochastic depth of the residual branch.
+  deterministic: bool = True  # False in training: drop path is active.
 
   @nn.compact
   def __call__(self, x):
@@ -46,6 +48,7 @@ class BasicBlock(nn.Module):
     y = self.conv(self.planes, (3, 3), padding=layers.padding(3, d2),
                   kernel_dilation=(d2, d2), name='conv2')(y)
     y = self.norm(name='bn2', scale_init=_last_bn_init(self.zero_init_last_bn))(y)
+    y = _drop_path(self, y)
     if s != 1 or x.shape[-1] != self.planes:
       residual = self.conv(self.planes, (1, 1), (s, s), padding='VALID',
                            name='downsample_conv')(x)
@@ -64,6 +67,8 @@ class Bottleneck(nn.Module):
   groups: int = 1
   width_per_group: int = 64
   zero_init_last_bn: bool = False
+  drop_path_rate: float = 0.  # Stochastic depth of the residual branch.
+  deterministic: bool = True  # False in training: drop path is active.
 
   @nn.compact
   def __call__(self, x):
@@ -79,6 +84,7 @@ class Bottleneck(nn.Module):
     y = nn.relu(self.norm(name='bn2')(y))
     y = self.conv(out, (1, 1), padding='VALID', name='conv3')(y)
     y = self.norm(name='bn3', scale_init=_last_bn_init(self.zero_init_last_bn))(y)
+    y = _drop_path(self, y)
     if s != 1 or x.shape[-1] != out:
       residual = self.conv(out, (1, 1), (s, s), padding='VALID',
                            name='downsample_conv')(x)
@@ -88,6 +94,12 @@ class Bottleneck(nn.Module):
 
 def _last_bn_init(zero: bool):
   return nn.initializers.zeros if zero else nn.initializers.ones
+
+
+def _drop_path(block, y):
+  if not block.drop_path_rate or block.deterministic:
+    return y
+  return layers.drop_path(y, block.drop_path_rate, block.make_rng('dropout'))
 
 
 class ResNet(nn.Module):
@@ -104,7 +116,12 @@ class ResNet(nn.Module):
   width: int = 64
   groups: int = 1
   width_per_group: int = 64
+  # torchvision's zero_init_residual (timm's zero_init_last): the last BN
+  # scale of each block starts at 0, so each block starts as its shortcut.
   zero_init_last_bn: bool = False
+  # Stochastic depth, linear over the blocks as timm: block b of n drops its
+  # residual branch with probability drop_path_rate * b / (n - 1) in training.
+  drop_path_rate: float = 0.
   # 'torchvision': 7x7/2 conv, 3x3/2 max pool with padding 1.
   # 'ceil_pool': the same conv, max pool with padding 0 and ceil_mode (the
   #   stem of bubbliiiing's unet-pytorch ResNet-50; same weights).
@@ -119,6 +136,10 @@ class ResNet(nn.Module):
     layers.check_output_stride(self.output_stride)
     if self.stem not in STEMS:
       raise ValueError(f'stem={self.stem!r}; choose one of {", ".join(STEMS)}.')
+    if not 0 <= self.drop_path_rate < 1:
+      raise ValueError(f'drop_path_rate={self.drop_path_rate} must be in '
+                       '[0, 1).')
+    num_blocks_total = sum(self.stage_sizes)
     conv = layers.make_conv(self.dtype, self.param_dtype)
     norm = layers.make_norm(train, self.dtype, self.param_dtype)
 
@@ -136,6 +157,7 @@ class ResNet(nn.Module):
     strides = [2 if i > 0 and j == 0 else 1
                for i, n in enumerate(self.stage_sizes) for j in range(n)]
     schedule = iter(layers.dilation_schedule(strides, self.output_stride, 4))
+    block_index = 0
     for i, num_blocks in enumerate(self.stage_sizes):
       for j in range(num_blocks):
         s, d, d_after = next(schedule)
@@ -144,7 +166,10 @@ class ResNet(nn.Module):
             dilation=d, dilation_after=d_after, groups=self.groups,
             width_per_group=self.width_per_group,
             zero_init_last_bn=self.zero_init_last_bn,
-            name=f'layer{i + 1}_{j}')(x)
+            drop_path_rate=self.drop_path_rate * block_index / max(
+                num_blocks_total - 1, 1),
+            deterministic=not train, name=f'layer{i + 1}_{j}')(x)
+        block_index += 1
       features[f'stride{2**(i + 2)}'] = x
 
     if self.num_classes is None:
