@@ -99,3 +99,17 @@ def assert_trees_close(a, b, rtol=1e-4, atol=1e-5):
   for x, y in zip(la, lb):
     np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=rtol,
                                atol=atol)
+
+
+def make_class_folder(root, per_class=4, val_per_class=1, classes=('a', 'b', 'c')):
+  """An image-folder dataset (root/<split>/<class>/*.jpg) of random JPEGs."""
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(0)
+  for split, n in (('train', per_class), ('val', val_per_class)):
+    for c in classes:
+      os.makedirs(os.path.join(root, split, c))
+      for i in range(n):
+        h, w = (int(s) for s in rng.integers(20, 48, size=2))
+        Image.fromarray(rng.integers(0, 255, (h, w, 3), np.uint8)).save(
+            os.path.join(root, split, c, f'{i}.jpg'), quality=90)
+  return str(root)

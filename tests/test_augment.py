@@ -10,6 +10,7 @@ import pytest
 
 from configs import common
 import jaxres.data as data_lib
+from tests import helpers
 from jaxres import config_checks
 from jaxres.data import augment
 from jaxres.data import augment_ops
@@ -248,24 +249,12 @@ def test_config_defaults_and_checks():
 # ----------------------------------------------------------------------------
 
 
-def _make_folder(root, per_class=4):
-  rng = np.random.default_rng(0)
-  for split, n in (('train', per_class), ('val', 1)):
-    for c in ('a', 'b', 'c'):
-      os.makedirs(os.path.join(root, split, c))
-      for i in range(n):
-        h, w = (int(s) for s in rng.integers(20, 48, size=2))
-        Image.fromarray(rng.integers(0, 255, (h, w, 3), np.uint8)).save(
-            os.path.join(root, split, c, f'{i}.jpg'), quality=90)
-  return str(root)
-
-
 def _take(iterator, n):
   return [next(iterator) for _ in range(n)]
 
 
 def test_folder_randaugment_resumes_exactly(tmp_path):
-  root = _make_folder(tmp_path)
+  root = helpers.make_class_folder(tmp_path)
   config = common.classification_config()
   config.update(dict(dataset='folder', data_dir=root, image_size=SIZE,
                      batch_size=6, eval_batch_size=6, data_workers=2,

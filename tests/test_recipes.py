@@ -22,10 +22,13 @@ from jaxres.models import resnet
 from jaxres.sharding import DataParallel
 from jaxres.tasks import classification
 
-# The recipe the whole-run tests train with; one more field (for instance
-# augment='randaugment') is one more entry here.
+# The recipe the whole-run tests train with.
 RECIPE = dict(mixup_alpha=0.2, cutmix_alpha=1.0, label_smoothing=0.1,
               ema_decay=0.9, ema_warmup_steps=1, grad_accum_steps=2)
+# With the input augmentations, on an image folder (the generated shapes take
+# none): the whole recipe, killed and resumed.
+AUGMENT = dict(augment='randaugment', random_erasing=0.25, dataset='folder',
+               num_classes=3)
 
 
 def tiny_config(**overrides):
@@ -307,7 +310,9 @@ def test_bad_recipe_values_are_config_errors():
 # --- Whole runs: resume, devices, EMA in eval / predict / export ---------------
 
 def test_recipe_resumes_bitwise_and_ema_is_evaluated(tmp_path):
-  config = tiny_config(**RECIPE)
+  recipe = dict(RECIPE, **AUGMENT, data_dir=helpers.make_class_folder(
+      tmp_path / 'images', per_class=11))
+  config = tiny_config(**recipe)
   workdir = str(tmp_path / 'run')
   metrics = runner.run(config, workdir)
   assert {'eval_top1', 'eval_ema_top1', 'eval_ema_loss'} <= set(metrics)
@@ -322,7 +327,7 @@ def test_recipe_resumes_bitwise_and_ema_is_evaluated(tmp_path):
   assert again == metrics
 
   # --mode=eval picks the weights; predict and export read the EMA ones.
-  ema_eval = runner.run(tiny_config(**RECIPE, eval_use_ema=True), workdir,
+  ema_eval = runner.run(tiny_config(**recipe, eval_use_ema=True), workdir,
                         mode='eval')
   assert ema_eval['eval_top1'] == pytest.approx(metrics['eval_ema_top1'])
   assert ema_eval['eval_loss'] == pytest.approx(metrics['eval_ema_loss'],
