@@ -131,6 +131,9 @@ def _load_run(workdir: str, step, ema: bool, expect: dict) -> Trained:
     meta = manager.restore(step, args=ocp.args.Composite(
         meta=ocp.args.JsonRestore()))['meta']
     state_tree = manager.item_metadata(step)['state']
+    if meta.get('num_classes') is None:
+      # config.num_classes=None: the dataset's count, recorded by the trainer.
+      meta = dict(meta, num_classes=_recorded_info(workdir).get('num_classes'))
     model = _build(meta, where, expect)
     weights = 'params'
     if ema:
@@ -165,9 +168,11 @@ def _load_run(workdir: str, step, ema: bool, expect: dict) -> Trained:
   return Trained(model, variables, meta, _task(meta, abstract), where, hw)
 
 
-def _recorded_hw(workdir: str) -> Optional[tuple]:
+def _recorded_info(workdir: str) -> dict:
   path = epath.Path(workdir) / DATASET_INFO_FILE
-  if not path.exists():
-    return None
-  shape = json.loads(path.read_text()).get('image_shape')
+  return json.loads(path.read_text()) if path.exists() else {}
+
+
+def _recorded_hw(workdir: str) -> Optional[tuple]:
+  shape = _recorded_info(workdir).get('image_shape')
   return tuple(int(s) for s in shape[:2]) if shape else None

@@ -61,15 +61,15 @@ def _variables(name, num_classes, kwargs):
   return model, variables['params'], variables.get('batch_stats', {})
 
 
-def _save_run(workdir, family, step=7):
+def _save_run(workdir, family, step=7, meta_classes='model'):
   name, num_classes, kwargs = FAMILIES[family]
   model, params, batch_stats = _variables(name, num_classes, kwargs)
   state = TrainState.create(apply_fn=model.apply, params=params,
                             tx=optax.sgd(0.1), batch_stats=batch_stats)
   meta = {'task': ('segmentation' if 'backbone' in params
                    else 'classification'),
-          'model': name, 'num_classes': num_classes, 'optimizer': 'sgd',
-          'model_kwargs': kwargs}
+          'model': name, 'optimizer': 'sgd', 'model_kwargs': kwargs,
+          'num_classes': num_classes if meta_classes == 'model' else None}
   manager = ckpt_lib.make_manager(os.path.join(workdir, 'checkpoints'),
                                   max_to_keep=None)
   ckpt_lib.save(manager, step, state, meta, force=True)
@@ -210,3 +210,17 @@ def test_parity_failure_fails_and_moves_the_file(run_dir, tmp_path, capsys,
                          f'--image_size={SIZE}', '--platforms=cpu')
   assert code == 1 and 'does not reproduce' in err
   assert not os.path.exists(output) and os.path.exists(output + '.failed')
+
+
+def test_class_count_from_the_dataset_record(tmp_path):
+  """A run trained with config.num_classes=None (the dataset's count) records
+  None in its checkpoint meta and the count in dataset.json."""
+  from jaxres import export_loader  # pylint: disable=g-import-not-at-top
+  workdir = _save_run(tmp_path, 'resnet', meta_classes=None)
+  with pytest.raises(ckpt_lib.CheckpointError, match='fc.*model missing'):
+    export_loader.load_trained(workdir)
+  with open(os.path.join(workdir, 'dataset.json'), 'w') as f:
+    json.dump({'task': 'classification', 'num_classes': 5}, f)
+  trained = export_loader.load_trained(workdir)
+  assert trained.meta['num_classes'] == 5
+  assert trained.variables['params']['fc']['kernel'].shape[-1] == 5
