@@ -32,10 +32,10 @@ ARGS = ['80k', '160k']
 SCHEDULES = {'80k': (80_000, 8_000), '160k': (160_000, 16_000)}
 
 
-def get_config(schedule: str = '80k'):
+def get_config(schedule: str = '80k', depth: int = 50):
   if schedule not in SCHEDULES:
     raise ValueError(f'Unknown schedule {schedule!r}; use one of {ARGS}.')
-  c = segmentation_common.mmseg_deeplabv3plus_config(50)
+  c = segmentation_common.mmseg_deeplabv3plus_config(depth)
   c.dataset = 'ade20k'
   c.num_classes = 150
   c.reduce_zero_label = True
