@@ -314,8 +314,9 @@ def setup_jax(args, jr):
         jr, loss_fn, lr_fn, args.num_classes)
   else:
     train_fn = functools.partial(
-        jr.classification.train_step, num_classes=args.num_classes,
-        label_smoothing=LABEL_SMOOTHING, lr_fn=lr_fn)
+        jr.classification.train_step, lr_fn=lr_fn,
+        cfg=jr.classification.StepConfig(num_classes=args.num_classes,
+                                         label_smoothing=LABEL_SMOOTHING))
     eval_fn = functools.partial(jr.classification.eval_step,
                                 num_classes=args.num_classes)
     out['step_source'] = 'jaxres.tasks.classification'
