@@ -27,7 +27,6 @@ Command (CPU; 2 shared cores: see BENCHMARKS.md for the time it took):
 """
 import argparse
 import datetime
-import functools
 import importlib.util
 import json
 import os

@@ -113,3 +113,24 @@ def make_class_folder(root, per_class=4, val_per_class=1, classes=('a', 'b', 'c'
         Image.fromarray(rng.integers(0, 255, (h, w, 3), np.uint8)).save(
             os.path.join(root, split, c, f'{i}.jpg'), quality=90)
   return str(root)
+
+
+def save_random_checkpoint(run, config, num_classes: int, step: int, hw=(32, 32)):
+  """A checkpoint of config's model as the trainer writes it, with weights
+  drawn in numpy (nothing compiled): BatchNorm variances 1, the rest small
+  normal values."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from jaxres import checkpoint as ckpt_lib  # pylint: disable=g-import-not-at-top
+  from jaxres import inference, train_state  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(0)
+  abstract = inference.abstract_variables(
+      train_state.build_model(config, num_classes), (*hw, 3))
+  variables = jax.tree_util.tree_map_with_path(
+      lambda path, s: (np.ones(s.shape, s.dtype) if 'var' in str(path[-1])
+                       else 0.1 * rng.standard_normal(s.shape).astype(s.dtype)),
+      abstract)
+  manager = ckpt_lib.make_manager(os.path.join(str(run), 'checkpoints'),
+                                  max_to_keep=None, async_save=False)
+  ckpt_lib.save(manager, step, {'step': step, 'opt_state': {}, **variables},
+                ckpt_lib.experiment_meta(config), force=True)
+  manager.close()

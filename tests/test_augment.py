@@ -1,6 +1,5 @@
 """Tests for jaxres/data/augment.py, augment_ops.py and their pipelines."""
 import math
-import os
 
 import numpy as np
 from PIL import Image

@@ -6,7 +6,6 @@ import os
 import subprocess
 import sys
 
-import jax
 import numpy as np
 import pytest
 from PIL import Image
@@ -15,7 +14,6 @@ import helpers
 from jaxres import checkpoint as ckpt_lib
 from jaxres import inference
 from jaxres import predict
-from jaxres import train_state
 from jaxres.data import folder
 from jaxres.data import shapes
 import tiny_config
@@ -181,18 +179,7 @@ def test_segmentation_masks_at_each_images_size(tmp_path):
   config = _seg_config()
   run = tmp_path / 'run'
   # Weights drawn with numpy: no compilation for init.
-  rng = np.random.default_rng(0)
-  abstract = inference.abstract_variables(train_state.build_model(config, 3),
-                                          (32, 32, 3))
-  variables = jax.tree_util.tree_map_with_path(
-      lambda path, s: (np.ones(s.shape, s.dtype) if 'var' in str(path[-1])
-                       else 0.1 * rng.standard_normal(s.shape).astype(s.dtype)),
-      abstract)
-  manager = ckpt_lib.make_manager(str(run / 'checkpoints'), max_to_keep=None,
-                                  async_save=False)
-  ckpt_lib.save(manager, 3, {'step': 3, 'opt_state': {}, **variables},
-                ckpt_lib.experiment_meta(config), force=True)
-  manager.close()
+  helpers.save_random_checkpoint(run, config, 3, step=3)
   # A run from before dataset.json: its segmentation.json names the classes.
   (run / 'segmentation.json').write_text(json.dumps(
       {'num_classes': 3, 'class_names': ['bg', 'a', 'b'], 'ignore_label': 255}))

@@ -2,7 +2,6 @@
 whole mode unchanged; 8 devices equal 1; the predict command with slide."""
 import functools
 import json
-import os
 import subprocess
 import sys
 import types
@@ -16,12 +15,9 @@ from PIL import Image
 
 import helpers
 from configs import seg_quickstart
-from jaxres import checkpoint as ckpt_lib
 from jaxres import config_checks
-from jaxres import inference
 from jaxres import predict
 from jaxres import seg_inference
-from jaxres import train_state
 from jaxres.sharding import DataParallel
 from jaxres.tasks import seg_eval
 from jaxres.tasks import segmentation
@@ -255,18 +251,7 @@ def test_predict_command_with_slide(tmp_path):
   """A tiny UNet checkpoint (numpy weights, saved as the trainer does)."""
   config = _tiny_seg_config()
   run = tmp_path / 'run'
-  rng = np.random.default_rng(0)
-  abstract = inference.abstract_variables(train_state.build_model(config, 3),
-                                          (32, 32, 3))
-  variables = jax.tree_util.tree_map_with_path(
-      lambda path, s: (np.ones(s.shape, s.dtype) if 'var' in str(path[-1])
-                       else 0.1 * rng.standard_normal(s.shape).astype(s.dtype)),
-      abstract)
-  manager = ckpt_lib.make_manager(str(run / 'checkpoints'), max_to_keep=None,
-                                  async_save=False)
-  ckpt_lib.save(manager, 1, {'step': 1, 'opt_state': {}, **variables},
-                ckpt_lib.experiment_meta(config), force=True)
-  manager.close()
+  helpers.save_random_checkpoint(run, config, 3, step=1)
   (run / 'dataset.json').write_text(json.dumps(
       {'task': 'segmentation', 'num_classes': 3, 'ignore_label': 255,
        'class_names': ['bg', 'a', 'b'], 'image_shape': [32, 32, 3]}))

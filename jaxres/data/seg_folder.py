@@ -35,7 +35,7 @@ config.reduce_zero_label maps 0 -> 255, k -> k - 1.
 import collections
 import hashlib
 import os
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 from absl import logging
 
