@@ -115,6 +115,7 @@ def classification_config() -> ml_collections.ConfigDict:
   # Train and eval resizes: 'bilinear' | 'bicubic'. None keeps each
   # pipeline's: TFDS bicubic, folder bilinear.
   c.interpolation = optional(str)
+  c.train_image_size = optional(int)  # Train crop side; None: image_size.
 
   # Modern recipes
   c.mixup_alpha = 0.0  # Mixup lambda ~ Beta(a, a) per batch; 0: no Mixup.

@@ -13,21 +13,21 @@ weight decay and no trust ratio on biases and norm parameters, cosine
 schedule after a 5-epoch linear warmup; binary cross-entropy with targets
 thresholded at 0.2 and no label smoothing; Mixup or CutMix 1.0 on every
 batch (half each); RandAugment 2 ops; bicubic resizing; test crop ratio 0.95
-of a 224 input. Per procedure:
+of a 224 input (image_size 224, eval_crop_pct 0.95). Per procedure:
 
   A1: 600 epochs, lr 5e-3, weight decay 0.01, Mixup 0.2, rand-m7-mstd0.5-inc1,
       stochastic depth 0.05, repeated augmentation (3), train 224.
   A2: 300 epochs, lr 5e-3, weight decay 0.02, Mixup 0.1, rand-m7-mstd0.5-inc1,
       stochastic depth 0.05, repeated augmentation (3), train 224.
   A3: 100 epochs, lr 8e-3, weight decay 0.02, Mixup 0.1, rand-m6-mstd0.5-inc1,
-      no stochastic depth, no repeated augmentation, train 160 / test 224.
+      no stochastic depth, no repeated augmentation, train 160 / test 224
+      (train_image_size=160: the lower train resolution is part of the
+      recipe, as in FixRes).
 
 Global gradient-norm clipping at 1.0: timm's Lamb does it by default.
 
 Not matched (known differences):
 - Repeated augmentation (A1, A2): not in jaxres.
-- A3 trains at 160 and tests at 224; jaxres uses one image_size, here 224
-  (about 2x the training compute of 160; the FixRes effect is lost).
 - The schedule ends at 0 (timm: 1e-6) and the warmup starts at 0 (timm:
   1e-4); both move every step.
 - Mixup/CutMix draw once per global batch (timm: once per GPU batch).
@@ -42,12 +42,14 @@ Not yet reproduced with jaxres.
 """
 from configs import common
 
-# (epochs, lr, weight decay, mixup alpha, RandAugment m, drop path, train size)
+# (epochs, lr, weight decay, mixup alpha, RandAugment m, drop path, train
+# crop side); every procedure tests at 224.
 PROCEDURES = {
     'a1': (600, 5e-3, 0.01, 0.2, 7, 0.05, 224),
     'a2': (300, 5e-3, 0.02, 0.1, 7, 0.05, 224),
-    'a3': (100, 8e-3, 0.02, 0.1, 6, 0.0, 224),  # The paper trains A3 at 160.
+    'a3': (100, 8e-3, 0.02, 0.1, 6, 0.0, 160),
 }
+TEST_SIZE = 224
 
 
 ARGS = tuple(PROCEDURES)
@@ -57,7 +59,7 @@ def get_config(arg: str = 'a1'):
   if arg not in PROCEDURES:
     raise ValueError(f'configs/resnet50_rsb.py:{arg}: choose one of '
                      f'{", ".join(PROCEDURES)}.')
-  epochs, lr, wd, mixup, magnitude, drop_path, size = PROCEDURES[arg]
+  epochs, lr, wd, mixup, magnitude, drop_path, train_size = PROCEDURES[arg]
   c = common.classification_config()
   c.model = 'resnet50'
   c.model_kwargs.output_stride = 32
@@ -65,7 +67,8 @@ def get_config(arg: str = 'a1'):
   c.dtype = 'bfloat16'
   c.batch_size = 2048
   c.eval_batch_size = 1024
-  c.image_size = size
+  c.image_size = TEST_SIZE
+  c.train_image_size = train_size
 
   c.optimizer = 'lamb'
   c.learning_rate = lr

@@ -18,14 +18,14 @@ torchvision's references/classification README, with train.py's defaults:
 Transcribed: global batch 1024 (8 x 128) at lr 0.5; 600 epochs, cosine after
 a 5-epoch linear warmup; weight decay 2e-5, none on norm parameters; label
 smoothing 0.1; Mixup 0.2 or CutMix 1.0 (one of the two per batch, always
-applied); TrivialAugmentWide; random erasing 0.1; eval centre crop 224 of the
-232 resize. EMA: torchvision averages every 32 steps with decay
-1 - 2e-5 x (1024 x 32 / 600) = 0.99890773 (its per-update adjustment of
---model-ema-decay) and restarts the average during the warmup epochs.
+applied); TrivialAugmentWide; random erasing 0.1; bilinear resizes; train
+crop 176 (train_image_size), eval centre crop 224 of the 232 resize (the
+FixRes train/test resolution gap, as torchvision). EMA: torchvision averages
+every 32 steps with decay 1 - 2e-5 x (1024 x 32 / 600) = 0.99890773 (its
+per-update adjustment of --model-ema-decay) and restarts the average during
+the warmup epochs.
 
 Not matched (each one is a known difference, not a guess):
-- Train crop 176 / eval 224 (FixRes effect): jaxres trains and evaluates at
-  one image_size, here 224 (about 1.6x the training compute of 176).
 - Repeated augmentation (--ra-sampler, 4 repeats): not in jaxres.
 - Warmup starts at 0 instead of 0.01 x lr, and the schedule moves every step,
   not once per epoch as torchvision's.
@@ -42,8 +42,9 @@ Command (ImageNet prepared in the TFDS data dir, see README):
 
 Hardware: 8 GPUs (batch 128 each); with less memory per device set
 --config.grad_accum_steps=2 (BatchNorm then sees 64 per device). Expected
-wall time: not published by torchvision; 600 epochs is about 6.7x the
-90-epoch recipe (configs/resnet_imagenet.py). Not yet reproduced with jaxres.
+wall time: not published by torchvision; 600 epochs at 176 is about
+6.7 x (176/224)^2 = 4.1x the training compute of the 90-epoch recipe at 224
+(configs/resnet_imagenet.py). Not yet reproduced with jaxres.
 """
 from configs import common
 
@@ -55,7 +56,8 @@ def get_config():
   c.dtype = 'bfloat16'
   c.batch_size = 1024
   c.eval_batch_size = 1024
-  c.image_size = 224  # torchvision trains at 176 (see the docstring).
+  c.image_size = 224  # --val-crop-size; eval resize 232 (eval_crop_pct).
+  c.train_image_size = 176  # --train-crop-size.
 
   c.optimizer = 'sgd'
   c.learning_rate = 0.5

@@ -45,6 +45,18 @@ def _check_augment(config, need):
        f'interpolation={interpolation!r} is not one of '
        f'{", ".join(augment.INTERPOLATIONS)} (or None for the pipeline '
        'default).')
+  train_size = config.get('train_image_size')
+  if train_size is not None:
+    need(isinstance(train_size, int) and train_size > 0,
+         f'train_image_size={train_size} must be a positive int (the side '
+         'of the training crop), or None for image_size.')
+    need(config.get('dataset') not in ('shapes', 'synthetic') or
+         train_size == config.image_size,
+         f'train_image_size={train_size} with image_size={config.image_size}:'
+         ' a separate training crop size applies to the random-resized crop '
+         f'of TFDS and folder datasets, not dataset={config.get("dataset")!r}'
+         ' (whose train and eval images are both image_size); set '
+         'train_image_size=None.')
   need(config.get('dataset') not in ('shapes', 'synthetic') or (
       config.augment == 'none' and config.random_erasing == 0),
        f'augment={config.augment!r}, random_erasing={config.random_erasing}: '

@@ -15,8 +15,9 @@ another model.
 The exported function is the inference model: BatchNorm with its running
 statistics, no dropout, no auxiliary head, float32. Input: NHWC images
 [batch, H, W, 3] with a symbolic batch and a fixed H, W (`--image_size`; the
-default is the training input recorded in the run's dataset.json, else 224
-for classification and 512 for segmentation: the models compute their
+default is the input recorded in the run's dataset.json, the eval image_size
+for classification and crop_size for segmentation, else 224 for
+classification and 512 for segmentation: the models compute their
 align-corners upsampling matrices and pool paddings from concrete sizes).
 Normalised float32 by default; with `--preprocess`, uint8 RGB in 0-255 and
 the ImageNet normalisation (jaxres.data MEAN_RGB / STDDEV_RGB) inside.

@@ -49,7 +49,7 @@ class InferenceModel:
   class_names: tuple
   step: int  # The checkpoint's training step.
   ignore_label: Optional[int] = None  # Segmentation only.
-  image_shape: Optional[tuple] = None  # The training input (h, w, 3), if known.
+  image_shape: Optional[tuple] = None  # Recorded (h, w, 3) input, if known.
   checkpoint_dir: str = ''
 
   def apply(self, images):

@@ -243,6 +243,24 @@ def test_config_defaults_and_checks():
     config_checks.check_config(shapes_config)
 
 
+def test_train_image_size_checks():
+  config = common.classification_config()
+  assert config.train_image_size is None
+  config.update(dict(dataset='folder', batch_size=8, eval_batch_size=8,
+                     image_size=224, train_image_size=176))
+  config_checks.check_config(config)
+  config.train_image_size = 0
+  with pytest.raises(config_checks.ConfigError, match='positive int'):
+    config_checks.check_config(config)
+  for dataset in ('shapes', 'synthetic'):
+    config.update(dict(dataset=dataset, image_size=32, train_image_size=32))
+    config_checks.check_config(config)  # Equal to image_size: allowed.
+    config.train_image_size = 24
+    with pytest.raises(config_checks.ConfigError,
+                       match=f'train_image_size=24 .*{dataset}'):
+      config_checks.check_config(config)
+
+
 # ----------------------------------------------------------------------------
 # Pipelines: resume and process count.
 # ----------------------------------------------------------------------------

@@ -296,6 +296,19 @@ def test_imagenet_on_mock_data(tmp_path):
     assert batch['image'].dtype.name == 'bfloat16'
 
 
+def test_tfds_train_image_size_sets_only_the_training_crop(tmp_path):
+  tfds = pytest.importorskip('tensorflow_datasets')
+  config = _config(dataset='imagenet2012', data_dir=str(tmp_path),
+                   image_size=24, train_image_size=16, batch_size=4,
+                   eval_batch_size=4, num_classes=1000, shuffle_buffer=8)
+  with tfds.testing.mock_data(num_examples=4):
+    ds = data_lib.get_classification_datasets(
+        config, seed=0, process_index=0, process_count=1)
+    assert tuple(ds.image_shape) == (24, 24, 3)
+    assert next(ds.train_iter_fn(0))['image'].shape == (4, 16, 16, 3)
+    assert next(ds.eval_iter_fn())['image'].shape == (4, 24, 24, 3)
+
+
 @pytest.fixture(scope='module')
 def tiny_tfds(tmp_path_factory):
   """A real prepared TFDS dataset: 37 train / 11 validation JPEGs."""

@@ -110,6 +110,16 @@ def test_batches_shapes_dtypes_and_labels(tmp_path):
   assert next(bf16.train_iter_fn(0))['image'].dtype.name == 'bfloat16'
 
 
+def test_train_image_size_sets_only_the_training_crop(root):
+  data = _datasets(_config(root, image_size=24, train_image_size=16))
+  assert data.image_shape == (24, 24, 3)  # What predict and export use.
+  batch = next(data.train_iter_fn(0))
+  assert batch['image'].shape == (6, 16, 16, 3)
+  np.testing.assert_array_equal(_dominant_channel(batch['image']),
+                                batch['label'])
+  assert next(data.eval_iter_fn())['image'].shape == (4, 24, 24, 3)
+
+
 def test_start_step_resumes_exactly(root):
   config = _config(root)
   data = _datasets(config)

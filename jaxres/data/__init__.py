@@ -9,7 +9,11 @@ Config fields read (``ml_collections.ConfigDict``):
                      'imagenette', 'cifar10', ...).
   data_dir           TFDS data directory; None: TFDS's default
                      ($TFDS_DATA_DIR or ~/tensorflow_datasets).
-  image_size         side of the square images the model sees.
+  image_size         side of the square images the model sees (at eval).
+  train_image_size   TFDS and folder training: side of the random-resized
+                     crop (torchvision's ResNet-50 V2 recipe trains at 176
+                     for 224); None: image_size. The eval crop and the
+                     recorded image_shape stay image_size.
   batch_size         GLOBAL training batch size; every pipeline makes only
                      this process's rows of each global batch.
   eval_batch_size    GLOBAL eval batch size (None/0: batch_size).
@@ -100,7 +104,7 @@ class ClassificationData:
   num_train_examples: int
   num_eval_examples: int
   num_classes: int
-  image_shape: Tuple[int, int, int]
+  image_shape: Tuple[int, int, int]  # Eval input; training may be smaller.
   class_names: Tuple[str, ...]
 
 
@@ -142,6 +146,11 @@ def _check_num_classes(config, dataset_classes: int) -> int:
         f'{dataset_classes} classes. Set config.num_classes={dataset_classes} '
         '(or None to take it from the dataset).')
   return dataset_classes
+
+
+def train_image_size(config) -> int:
+  """Side of the training crop: config.train_image_size, else image_size."""
+  return config.get('train_image_size') or config.image_size
 
 
 def get_classification_datasets(config, *, seed: int, process_index: int,
@@ -213,8 +222,7 @@ def get_classification_datasets(config, *, seed: int, process_index: int,
   num_classes = _check_num_classes(config, imagenet.num_classes(builder))
   train_split, eval_split = imagenet.default_splits(builder)
   interpolation = config.get('interpolation')
-  common = dict(image_size=image_size, dtype=dtype,
-                interpolation=interpolation, **proc)
+  common = dict(dtype=dtype, interpolation=interpolation, **proc)
   train_augment = augment.Augment.from_config(config)
 
   def train_iter_fn(start_step):
@@ -222,12 +230,12 @@ def get_classification_datasets(config, *, seed: int, process_index: int,
         builder, batch_size, seed=seed, start_step=start_step,
         split=train_split, shuffle_buffer=config.shuffle_buffer or 16 * 1024,
         read=tfds_read(config, process_count), augment=train_augment,
-        **common)
+        image_size=train_image_size(config), **common)
 
   eval_iter_fn = functools.partial(imagenet.eval_iterator, builder,
                                    eval_batch_size, split=eval_split,
                                    crop_pct=config.get('eval_crop_pct'),
-                                   **common)
+                                   image_size=image_size, **common)
   return ClassificationData(
       train_iter_fn, eval_iter_fn, imagenet.num_examples(builder, train_split),
       imagenet.num_examples(builder, eval_split), num_classes,

@@ -15,12 +15,13 @@ pixels that way (several times cheaper for large photos).
 
 Train: random-resized crop (area 8-100 % of the image, aspect 3/4-4/3 log-
 uniform, 10 tries, else the eval centre window; torchvision's sampler, where
-imagenet.py uses TF's), resized bilinearly to ``image_size``, random
-horizontal flip, then ``config.augment`` / ``config.random_erasing`` if set
-(augment.py's TensorFlow ops, called on each crop; TensorFlow is imported
-only then), seeded by two integers drawn from the example's rng after the
-crop and flip. Order, randomness, the split over processes and the eval
-padding are batching.py's: step s is batch s % S of epoch s // S, epoch e
+imagenet.py uses TF's), resized to ``train_image_size`` (None:
+``image_size``; torchvision's --train-crop-size), random horizontal flip,
+then ``config.augment`` / ``config.random_erasing`` if set (augment.py's
+TensorFlow ops, called on each crop; TensorFlow is imported only then),
+seeded by two integers drawn from the example's rng after the crop and flip.
+Order, randomness, the split over processes and the eval padding are
+batching.py's: step s is batch s % S of epoch s // S, epoch e
 reads ``batching.epoch_permutation(n, seed, e)``, and example j of the global
 batch at step s draws from rng (seed, 1, s, j). ``train_iter_fn(k)`` yields
 what ``train_iter_fn(0)`` yields from its k-th batch on, and the processes'
@@ -39,9 +40,10 @@ file; 'skip' logs and counts it, then takes the next example of the
 permutation (train) or masks the slot (eval). The count and the first file
 names are logged at each epoch boundary and after each eval pass.
 
-Config fields: data_dir (the root folder), image_size, batch_size and
-eval_batch_size (global), num_classes (None: the number of class folders),
-augment, randaugment_n/m/mstd, random_erasing, eval_crop_pct, interpolation.
+Config fields: data_dir (the root folder), image_size, train_image_size,
+batch_size and eval_batch_size (global), num_classes (None: the number of
+class folders), augment, randaugment_n/m/mstd, random_erasing, eval_crop_pct,
+interpolation.
 Not declared in configs/common.py, read with defaults: train_split ('train'),
 eval_split ('val'), input_dtype ('float32' | 'bfloat16'), on_bad_image
 ('stop'), data_workers (os.cpu_count()), prefetch_batches (2).
@@ -383,25 +385,29 @@ def get_datasets(config, *, seed: int, process_index: int,
   on_bad_image = config.on_bad_image
   bad_images = batching.BadImageLog()
   size = config.image_size
+  train_size = data_lib.train_image_size(config)
   augment = augment_lib.Augment.from_config(config)
   crop_pct = config.get('eval_crop_pct')
   interpolation = config.get('interpolation')
-  fields = dict(image=((size, size, 3), batching.np_dtype(dtype), 0),
+
+  def fields(side):
+    return dict(image=((side, side, 3), batching.np_dtype(dtype), 0),
                 label=((), np.int32, 0))
-  common = dict(fields=fields, process_index=process_index,
-                process_count=process_count, pool=pool,
-                prefetch=config.prefetch_batches)
+
+  common = dict(process_index=process_index, process_count=process_count,
+                pool=pool, prefetch=config.prefetch_batches)
   train_iter_fn = batching.TrainBatches(
       batching.Reader(train, train.split, on_bad_image, bad_images,
                       where=train.folder),
-      train_transform(size, augment, interpolation),
-      batch_size=config.batch_size, seed=seed,
+      train_transform(train_size, augment, interpolation),
+      batch_size=config.batch_size, seed=seed, fields=fields(train_size),
       **common)
   eval_iter_fn = batching.EvalBatches(
       batching.Reader(evals, evals.split, on_bad_image, bad_images,
                       where=evals.folder),
       eval_transform(size, crop_pct, interpolation),
-      batch_size=config.eval_batch_size or config.batch_size, **common)
+      batch_size=config.eval_batch_size or config.batch_size,
+      fields=fields(size), **common)
   return data_lib.ClassificationData(
       train_iter_fn=train_iter_fn,
       eval_iter_fn=eval_iter_fn,

@@ -33,6 +33,9 @@ resized to image_size, i.e. resize the shorter side to image_size / crop_pct
 then centre crop; batches padded with ``mask`` 0 so each example is counted
 exactly once and every process yields the same number of batches. Resizes
 (train and eval) are ``interpolation``: 'bicubic' (default) or 'bilinear'.
+The two sides may differ: get_classification_datasets gives the train
+iterator config.train_image_size (when set) and the eval iterator
+config.image_size, as torchvision's --train-crop-size / --val-crop-size.
 """
 import functools
 from typing import Iterator, Optional, Sequence, Tuple

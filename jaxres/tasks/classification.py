@@ -175,6 +175,8 @@ class Classification:
     return model
 
   def dataset_info(self, ds) -> dict:
+    # image_shape is the eval input (image_size), the size predict and export
+    # default to, also when training crops are train_image_size.
     return {'num_classes': ds.num_classes,
             'class_names': list(ds.class_names),
             'image_shape': list(ds.image_shape)}
