@@ -23,7 +23,7 @@ on the 200 eval images, the same figure in three runs. The whole run (start-up,
 data, label scan, compilation, training, eval) took 281-287 CPU seconds
 (user + sys), 6 min 45 s wall under that load; both cores are kept busy, so
 about 2.5 min wall on a quiet 2-core machine (CPU seconds / 2 plus the mostly
-serial start-up, see the notes in README). Predicting background everywhere
+serial start-up of ~43 CPU s). Predicting background everywhere
 scores 14.34% mIoU on these 32x32 eval masks (background is 86.0% of the
 labelled pixels). Shorter schedules, same recipe: 4,000 steps 74.0%, 2,400
 steps at lr 3e-3 63.7%. The previous quickstart (UNet-ResNet50 at 64x64, 2,000
