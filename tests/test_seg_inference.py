@@ -211,6 +211,7 @@ def test_config_checks_name_the_field():
     assert text in str(e.value)
   with config.unlocked():
     config.inference = 'slide'
+    config.crop_size = 64  # Set here: the quickstart's own crop may change.
     config.slide_crop = None
     config.slide_stride = None
     config.slide_batch = 2
