@@ -3,6 +3,7 @@ NaN with a save in flight, a bad evaluation, a refused restore."""
 import errno
 import json
 import os
+import signal
 import subprocess
 import time
 
@@ -67,8 +68,10 @@ def test_checksums_catch_a_flipped_bit(tmp_path, capsys):
 
 def test_second_run_on_a_workdir_is_refused(tmp_path):
   workdir = str(tmp_path / 'run')
+  # Long enough to be running when the second one starts (a tiny step takes
+  # milliseconds); stopped with SIGTERM once the second one was refused.
   first = subprocess.Popen(
-      helpers.main_cmd(workdir, '--config.num_train_steps=40',
+      helpers.main_cmd(workdir, '--config.num_train_steps=1000000',
                        '--config.checkpoint_every_steps=10'),
       cwd=helpers.ROOT, env=helpers.env(), stderr=subprocess.PIPE, text=True)
   lock = os.path.join(workdir, 'lock.json')
@@ -76,14 +79,17 @@ def test_second_run_on_a_workdir_is_refused(tmp_path):
   while not os.path.exists(lock):
     assert first.poll() is None and time.time() < deadline
     time.sleep(0.2)
-  second = helpers.run_main(workdir, '--config.num_train_steps=40',
+  second = helpers.run_main(workdir, '--config.num_train_steps=1000000',
                             '--config.checkpoint_every_steps=10', check=False)
   assert second.returncode == 2, second.stderr[-3000:]
   assert 'in use by another run' in second.stderr
   assert f'pid {first.pid}' in second.stderr
-  first.communicate(timeout=300)
-  assert first.returncode == 0
-  assert helpers.checkpoint_steps(workdir)[-1] == 40 and not os.path.exists(lock)
+  assert first.poll() is None  # The first run was not disturbed.
+  first.send_signal(signal.SIGTERM)
+  err = first.communicate(timeout=300)[1]
+  assert first.returncode == 0, err[-3000:]
+  saved = helpers.checkpoint_steps(workdir)[-1]
+  assert f'saved checkpoint {saved}' in err and not os.path.exists(lock)
 
 
 def test_a_dead_runs_lock_is_taken_over(tmp_path):
