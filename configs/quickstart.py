@@ -10,10 +10,9 @@ Hardware and expected result (measured 2026-12-02, the command above with
 --config.compilation_cache_dir= so compilation counts): 98.80% top-1 on the
 2,000 eval images after 3 epochs (chance: 10%), one eval at the end; the same
 figure in three runs (two of them also evaluating after epochs 1 and 2: 67.70%
-and 96.20%, which adds ~10-20 CPU seconds and changes nothing else). 96 CPU
-seconds (user + sys) in all, 1 min 54 s wall on 2 CPU cores shared with other
-jobs (load average 6-8); about 50 s wall on a quiet 2-core machine
-(estimated: CPU seconds / 2, both cores busy). Before 2026-12-02 this docstring
+and 96.20%, which adds ~10-20 CPU seconds and changes nothing else). On this
+project's 2-core CPU machine, quiet (load average below 2): 1 min 6 s wall
+(65.6 s; 106 CPU seconds, user + sys). Before 2026-12-02 this docstring
 gave 98.05% (evaluating every epoch, 1 min 50 s).
 """
 from configs import common
