@@ -16,12 +16,12 @@ def xla_cache_dir() -> str:
   return os.environ.get('JAXRES_TEST_XLA_CACHE', '')
 
 
-def env(devices: int = 1, optimize: bool = False):
+def env(devices: int = 1):
   e = dict(os.environ)
   # Tiny models: XLA's backend optimisations cost more compile time than
-  # they save at run time (optimize=True for a run that trains for real).
-  e['XLA_FLAGS'] = f'--xla_force_host_platform_device_count={devices}' + (
-      '' if optimize else ' --xla_backend_optimization_level=0')
+  # they save at run time.
+  e['XLA_FLAGS'] = (f'--xla_force_host_platform_device_count={devices} '
+                    '--xla_backend_optimization_level=0')
   e['TF_CPP_MIN_LOG_LEVEL'] = '2'
   e['PYTHONPATH'] = ROOT
   e['JAX_PLATFORMS'] = 'cpu'
@@ -33,10 +33,9 @@ def main_cmd(workdir, *extra, base=TINY):
           *base, *extra]
 
 
-def run_main(workdir, *extra, devices=1, check=True, timeout=300, base=TINY,
-             optimize=False):
+def run_main(workdir, *extra, devices=1, check=True, timeout=300, base=TINY):
   proc = subprocess.run(main_cmd(workdir, *extra, base=base), cwd=ROOT,
-                        env=env(devices, optimize),
+                        env=env(devices),
                         capture_output=True, text=True, timeout=timeout)
   if check and proc.returncode != 0:
     raise AssertionError(f'main failed ({proc.returncode}):\n{proc.stderr[-4000:]}')
