@@ -1,7 +1,7 @@
 r"""ResNet-50 on ImageNet-1k: timm's "ResNet strikes back" procedures A1/A2/A3.
 
 Targets (Wightman, Touvron, Jegou 2021, arXiv:2110.00476; top-1 at 224):
-A1 80.4% (600 epochs; 4.6 days on one node of 4 V100 32GB), A2 79.8% (300
+A1 80.4% (600 epochs; 4.6 days on one node of 4 V100 32GB as quoted from the paper, not re-checked here), A2 79.8% (300
 epochs), A3 78.1% (100 epochs, trained at 160). The argument picks one:
 
   python -m jaxres.main --config=configs/resnet50_rsb.py:a1 --workdir=runs/rsb_a1

@@ -135,3 +135,17 @@ def save_random_checkpoint(run, config, num_classes: int, step: int, hw=(32, 32)
   ckpt_lib.save(manager, step, {'step': step, 'opt_state': {}, **variables},
                 ckpt_lib.experiment_meta(config), force=True)
   manager.close()
+
+
+def tiny_seg_config(**overrides):
+  """The segmentation quickstart at a tiny width, 3 classes, 32x32 crops."""
+  from configs import seg_quickstart  # pylint: disable=g-import-not-at-top
+  c = seg_quickstart.get_config()
+  with c.unlocked():
+    c.model_kwargs.backbone_width = 4
+    c.model_kwargs.decoder_filters = (8, 8, 8, 8)
+    c.num_classes = 3
+    c.crop_size = 32
+    for k, v in overrides.items():
+      setattr(c, k, v)
+  return c

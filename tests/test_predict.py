@@ -161,22 +161,9 @@ def test_photographs_are_centre_cropped_as_in_evaluation(tmp_path):
       folder.load_eval(str(path), 32))
 
 
-def _seg_config(**overrides):
-  from configs import seg_quickstart  # pylint: disable=g-import-not-at-top
-  c = seg_quickstart.get_config()
-  with c.unlocked():
-    c.model_kwargs.backbone_width = 4
-    c.model_kwargs.decoder_filters = (8, 8, 8, 8)
-    c.num_classes = 3
-    c.crop_size = 32
-    for k, v in overrides.items():
-      setattr(c, k, v)
-  return c
-
-
 def test_segmentation_masks_at_each_images_size(tmp_path):
   """A segmentation checkpoint (fresh weights, saved as the trainer does)."""
-  config = _seg_config()
+  config = helpers.tiny_seg_config()
   run = tmp_path / 'run'
   # Weights drawn with numpy: no compilation for init.
   helpers.save_random_checkpoint(run, config, 3, step=3)
@@ -201,7 +188,7 @@ def test_segmentation_masks_at_each_images_size(tmp_path):
   assert (restored.task, restored.class_names, restored.ignore_label) == (
       'segmentation', ('bg', 'a', 'b'), 255)
   with pytest.raises(ckpt_lib.CheckpointError, match='trained with 3 classes'):
-    inference.load_for_inference(_seg_config(num_classes=4), workdir=str(run))
+    inference.load_for_inference(helpers.tiny_seg_config(num_classes=4), workdir=str(run))
   # A damaged array (here: its recorded checksum) is caught, never used.
   sums = run / 'checkpoints' / '3' / 'checksums' / 'metadata'
   table = json.loads(sums.read_text())

@@ -239,19 +239,9 @@ _TINY_SEG = ('--config=configs/seg_quickstart.py',
              '--config.num_classes=3', '--config.crop_size=32')
 
 
-def _tiny_seg_config():
-  c = seg_quickstart.get_config()
-  with c.unlocked():
-    c.model_kwargs.backbone_width = 4
-    c.model_kwargs.decoder_filters = (8, 8, 8, 8)
-    c.num_classes = 3
-    c.crop_size = 32
-  return c
-
-
 def test_predict_command_with_slide(tmp_path):
   """A tiny UNet checkpoint (numpy weights, saved as the trainer does)."""
-  config = _tiny_seg_config()
+  config = helpers.tiny_seg_config()
   run = tmp_path / 'run'
   helpers.save_random_checkpoint(run, config, 3, step=1)
   (run / 'dataset.json').write_text(json.dumps(
