@@ -33,16 +33,10 @@ SCHEDULES = {'80k': (80_000, 8_000), '160k': (160_000, 16_000)}
 
 
 def get_config(schedule: str = '80k', depth: int = 50):
-  if schedule not in SCHEDULES:
-    raise ValueError(f'Unknown schedule {schedule!r}; use one of {ARGS}.')
   c = segmentation_common.mmseg_deeplabv3plus_config(depth)
   c.dataset = 'ade20k'
   c.num_classes = 150
   c.reduce_zero_label = True
-  c.crop_size = 512
-  c.batch_size = 16
-  c.lr_base_batch_size = 16
-  c.eval_batch_size = 8
-  segmentation_common.mmseg_steps(c, *SCHEDULES[schedule])
+  segmentation_common.mmseg_schedule(c, schedule, SCHEDULES)
   c.lock()
   return c

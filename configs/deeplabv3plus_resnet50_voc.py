@@ -35,17 +35,8 @@ SCHEDULES = {'20k': (20_000, 2_000), '40k': (40_000, 4_000)}
 
 
 def get_config(schedule: str = '20k', depth: int = 50):
-  if schedule not in SCHEDULES:
-    raise ValueError(f'Unknown schedule {schedule!r}; use one of {ARGS}.')
   c = segmentation_common.mmseg_deeplabv3plus_config(depth)
-  c.dataset = 'voc'
-  c.num_classes = 21
-  c.train_split = 'train_aug'
-  c.eval_split = 'val'
-  c.crop_size = 512
-  c.batch_size = 16
-  c.lr_base_batch_size = 16
-  c.eval_batch_size = 8
-  segmentation_common.mmseg_steps(c, *SCHEDULES[schedule])
+  segmentation_common.voc_data(c)
+  segmentation_common.mmseg_schedule(c, schedule, SCHEDULES)
   c.lock()
   return c

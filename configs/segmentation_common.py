@@ -133,20 +133,30 @@ def segmentation_config() -> ml_collections.ConfigDict:
   return c
 
 
+def voc_data(c):
+  """PASCAL VOC 2012 + SBD: 21 classes, trained on train_aug, evaluated on val."""
+  c.dataset = 'voc'
+  c.num_classes = 21
+  c.train_split = 'train_aug'
+  c.eval_split = 'val'
+  return c
+
+
+def crops_512(c):
+  """512x512 crops in batches of 16 (the 4 GPUs x 4 of mmseg's recipes)."""
+  c.crop_size = 512
+  c.batch_size = 16
+  c.eval_batch_size = 8
+  c.lr_base_batch_size = 16
+  return c
+
+
 def voc_config():
   """PASCAL VOC 2012 + SBD at 512: the data and schedule the VOC configs share.
 
   Returned unlocked: each VOC config sets its model and optimizer, then locks.
   """
-  c = segmentation_config()
-  c.dataset = 'voc'
-  c.num_classes = 21
-  c.train_split = 'train_aug'
-  c.eval_split = 'val'
-  c.crop_size = 512
-  c.batch_size = 16
-  c.eval_batch_size = 8
-  c.lr_base_batch_size = 16
+  c = voc_data(crops_512(segmentation_config()))
   c.schedule = 'cosine'
   c.num_train_epochs = 100.0
   c.freeze_backbone_epochs = 50.0
@@ -168,8 +178,9 @@ def mmseg_deeplabv3plus_config(depth: int):
   convs: mmseg's 512 channels are depthwise-separable there, and plain 3x3
   convs at 512 would make R-50 60M parameters; 256 plain channels give
   40.4M, about what mmseg's modules add up to (~41M without the auxiliary
-  head, our count, not a published figure). Returned unlocked: each
-  config sets the data, crop, batch and steps, then locks.
+  head, our count, not a published figure). 512x512 crops, batch 16
+  (crops_512). Returned unlocked: each config sets the data and steps
+  (and its own crop and batch where they differ), then locks.
   """
   c = segmentation_config()
   c.model = f'deeplabv3plus_resnet{depth}'
@@ -186,7 +197,15 @@ def mmseg_deeplabv3plus_config(depth: int):
   c.scale_range = (0.5, 2.0)
   c.inference = 'whole'
   c.log_every_steps = 50
-  return c
+  return crops_512(c)
+
+
+def mmseg_schedule(c, schedule: str, schedules: dict):
+  """mmseg_steps for the schedule named on the command line (config:ARG)."""
+  if schedule not in schedules:
+    raise ValueError(f'Unknown schedule {schedule!r}; use one of '
+                     f'{list(schedules)}.')
+  return mmseg_steps(c, *schedules[schedule])
 
 
 def mmseg_steps(c, steps: int, eval_every: int):

@@ -29,7 +29,6 @@ with one message and exit status 2. Prediction never runs on random weights.
 import csv
 import io
 import json
-import logging
 from typing import Optional, Sequence
 
 from absl import app
@@ -43,80 +42,14 @@ from jaxres import checkpoint as ckpt_lib
 from jaxres import config_checks
 from jaxres import inference
 from jaxres import main as main_lib
+from jaxres import predict_io
 from jaxres import seg_inference
+from jaxres.predict_io import PredictError, check_output_dir, find_images  # pylint: disable=unused-import
+from jaxres.predict_seg import segment, with_inference_flags  # pylint: disable=unused-import
 
-IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.webp', '.tif', '.tiff')
 CLASSIFICATION_BATCH = 16  # One compilation for any number of images.
 # Datasets whose eval images are already image_size: resize, no centre crop.
 RESIZE_ONLY_DATASETS = ('shapes', 'synthetic')
-
-
-class PredictError(RuntimeError):
-  """Bad input, output or checkpoint arguments."""
-
-
-# ---------------------------------------------------------------------------
-# Inputs and outputs (local or gs:// paths).
-# ---------------------------------------------------------------------------
-
-def find_images(path: str) -> list[epath.Path]:
-  root = epath.Path(path)
-  if root.is_file():
-    return [root]
-  if not root.is_dir():
-    raise PredictError(f'--input={path} is neither an image file nor a folder.')
-  found, folders = [], [root]
-  while folders:  # A walk: gs:// paths have no recursive glob.
-    for p in folders.pop().iterdir():
-      if p.is_dir():
-        folders.append(p)
-      elif p.suffix.lower() in IMAGE_EXTENSIONS:
-        found.append(p)
-  found.sort()
-  if not found:
-    raise PredictError(
-        f'No images ({", ".join(IMAGE_EXTENSIONS)}) under {path}.')
-  return found
-
-
-def check_output_dir(output: str, overwrite: bool):
-  out = epath.Path(output)
-  if out.exists() and not out.is_dir():
-    raise PredictError(f'--output={output} is a file, not a folder.')
-  if out.is_dir() and any(out.iterdir()) and not overwrite:
-    raise PredictError(f'--output={output} exists and is not empty; pass '
-                       '--overwrite to write into it anyway.')
-
-
-def _read_bytes(path: epath.Path) -> bytes:
-  try:
-    return path.read_bytes()
-  except OSError as e:
-    raise PredictError(f'Cannot read {path}: {e}') from e
-
-
-def _read_rgb(path: epath.Path) -> np.ndarray:
-  from PIL import Image  # pylint: disable=g-import-not-at-top
-  try:
-    with Image.open(io.BytesIO(_read_bytes(path))) as img:
-      return np.asarray(img.convert('RGB'))
-  except OSError as e:
-    raise PredictError(f'Cannot read image {path}: {e}') from e
-
-
-def _save_png(path: epath.Path, save_fn, *args):
-  """save_fn(file, *args) through memory, so gs:// outputs work too."""
-  buffer = io.BytesIO()
-  buffer.name = path.name  # PIL takes the format from the name.
-  save_fn(buffer, *args)
-  path.parent.mkdir(parents=True, exist_ok=True)
-  path.write_bytes(buffer.getvalue())
-
-
-def _relative_stem(path: epath.Path, inputs: str) -> str:
-  root = epath.Path(inputs)
-  relative = path.name if root.is_file() else str(path.relative_to(root))
-  return relative[:-len(path.suffix)] if path.suffix else relative
 
 
 # ---------------------------------------------------------------------------
@@ -141,7 +74,7 @@ def classification_input(path: epath.Path, config) -> np.ndarray:
       top, left = (h - side) / 2, (w - side) / 2
       return (left, top, left + side, top + side)
   try:
-    return folder.decode(_read_bytes(path), window, size,
+    return folder.decode(predict_io.read_bytes(path), window, size,
                          config.get('interpolation'))
   except folder.BadImageError as e:
     raise PredictError(f'Cannot read image {path}: {e}') from e
@@ -178,7 +111,7 @@ def classify(model: inference.InferenceModel, config,
 
 def format_table(results: list[dict], inputs: str) -> str:
   """One line per image: its top classes, most probable first."""
-  names = [_relative_stem(epath.Path(r['image']), inputs) +
+  names = [predict_io.relative_stem(epath.Path(r['image']), inputs) +
            epath.Path(r['image']).suffix for r in results]
   cells = [[f'{t["class"]} {t["probability"]:.1%}' for t in r['top']]
            for r in results]
@@ -209,121 +142,7 @@ def _write_classification(results: list[dict], output: epath.Path):
 
 
 # ---------------------------------------------------------------------------
-# Segmentation.
-# ---------------------------------------------------------------------------
-
-def _round_up(x: int, multiple: int) -> int:
-  return -(-x // multiple) * multiple
-
-
-def _hw(size):
-  return (int(size), int(size)) if np.ndim(size) == 0 else tuple(
-      int(v) for v in size)
-
-
-def _segment_fns(model: inference.InferenceModel,
-                 mode: seg_inference.InferenceMode = seg_inference.WHOLE):
-  """(forward, to_mask): jitted apart, so the network compiles once per input
-  shape, not once per output size. `mode`: whole, slide, scales, flip."""
-  def forward(variables, image):
-    apply = lambda x: model.model.apply(variables, x, train=False)
-    return seg_inference.logits(apply, image, mode).astype(jnp.float32)
-
-  def to_mask(logits, hw, *, out_shape):
-    """Class map [*out_shape]; the image's own (h, w) part is top-left."""
-    logits = logits[0]
-    # Half-pixel bilinear resize of the logits to the image's own size.
-    scale = hw.astype(jnp.float32) / jnp.asarray(logits.shape[:2], jnp.float32)
-    logits = jax.image.scale_and_translate(
-        logits, (*out_shape, logits.shape[-1]), (0, 1), scale,
-        jnp.zeros((2,), jnp.float32), method='linear', antialias=False)
-    return jnp.argmax(logits, axis=-1).astype(jnp.uint8)
-
-  return jax.jit(forward), jax.jit(to_mask, static_argnames='out_shape')
-
-
-def segment(model: inference.InferenceModel, config,
-            images: Sequence[epath.Path], inputs: str, output: epath.Path,
-            alpha: float = 0.5) -> list[str]:
-  """Writes a mask and an overlay PNG per image; returns their paths."""
-  from jaxres import visualize  # pylint: disable=g-import-not-at-top
-  from jaxres.data import segmentation as seg_data  # pylint: disable=g-import-not-at-top
-  eval_size = config.get('eval_size')
-  eval_size = None if eval_size is None else _hw(eval_size)
-  multiple = config.get('eval_pad_multiple', 32)
-  mode = seg_inference.from_config(config)
-  logging.info('Inference: %s.', mode.describe())
-  forward, to_mask = _segment_fns(model, mode)
-  written = []
-  for path in images:
-    rgb = _read_rgb(path)
-    h, w = rgb.shape[:2]
-    # Padded sizes bound the number of compilations for mixed sizes.
-    out_shape = (_round_up(h, multiple), _round_up(w, multiple))
-    x = np.zeros((1, *(eval_size or out_shape), 3), np.float32)
-    seg_data.eval_transform(rgb, np.zeros((h, w), np.uint8), eval_size, x[0],
-                            np.zeros(out_shape, np.int32))
-    # Resized input: scale the logits to (h, w). Full resolution: the image
-    # already sits top-left in the padded input, so the scale is 1.
-    hw = (h, w) if eval_size else out_shape
-    mask = np.asarray(to_mask(forward(model.variables, x),
-                              np.asarray(hw, np.int32),
-                              out_shape=out_shape))[:h, :w]
-    stem = _relative_stem(path, inputs)
-    mask_path = output / f'{stem}_mask.png'
-    overlay_path = output / f'{stem}_overlay.png'
-    _save_png(mask_path, visualize.save_mask_png, mask)
-    _save_png(overlay_path, visualize.save_rgb_png,
-              visualize.overlay(rgb, mask, alpha))
-    written += [str(mask_path), str(overlay_path)]
-    logging.info('%s -> %s, %s (classes present: %s)', path, mask_path,
-                 overlay_path, [model.class_names[c] for c in np.unique(mask)])
-  return written
-
-
-def _size_flag(text: Optional[str]):
-  """'512' -> 512, '512,1024' -> (512, 1024)."""
-  try:
-    values = tuple(int(v) for v in text.replace('x', ',').split(','))
-  except ValueError as e:
-    raise PredictError(f'{text!r} is not a size: give H or H,W.') from e
-  return values[0] if len(values) == 1 else values
-
-
-def with_inference_flags(config, *, inference_mode: Optional[str] = None,
-                         slide_crop: Optional[str] = None,
-                         slide_stride: Optional[str] = None,
-                         slide_batch: Optional[int] = None,
-                         inference_scales: Optional[Sequence[str]] = None,
-                         inference_flip: Optional[bool] = None):
-  """config with the inference fields given on the command line replaced."""
-  try:
-    scales = inference_scales and tuple(float(s) for s in inference_scales)
-  except ValueError as e:
-    raise PredictError(f'--inference_scales={",".join(inference_scales)}: '
-                       'give numbers, e.g. 0.75,1,1.25.') from e
-  values = {'inference': inference_mode,
-            'slide_crop': slide_crop and _size_flag(slide_crop),
-            'slide_stride': slide_stride and _size_flag(slide_stride),
-            'slide_batch': slide_batch,
-            'inference_scales': scales,
-            'inference_flip': inference_flip}
-  values = {k: v for k, v in values.items() if v is not None}
-  if not values:
-    return config
-  if 'inference' not in config:
-    raise PredictError(
-        f'--{", --".join(values)}: inference modes are for segmentation; '
-        f'this config is for {config.get("task")}.')
-  config = config.copy_and_resolve_references()
-  with config.unlocked():
-    for name, value in values.items():
-      config[name] = value
-  return config
-
-
-# ---------------------------------------------------------------------------
-# Both tasks.
+# Both tasks (segmentation output: jaxres/predict_seg.py).
 # ---------------------------------------------------------------------------
 
 def predict(config, *, inputs: str, output: str, workdir: Optional[str] = None,

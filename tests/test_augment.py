@@ -15,6 +15,7 @@ from jaxres.data import augment
 from jaxres.data import augment_ops
 from jaxres.data import batching
 from jaxres.data import folder
+from jaxres.data import random_erasing
 from jaxres.data import shapes
 
 tf = pytest.importorskip('tensorflow')
@@ -134,7 +135,7 @@ def test_random_erasing_area_and_fill():
   zeros = tf.zeros([64, 64, 3])
   fractions = []
   for i in range(40):
-    out = augment.random_erase(zeros, tf.constant([7, i], tf.int64), 1.0)
+    out = random_erasing.random_erase(zeros, tf.constant([7, i], tf.int64), 1.0)
     erased = out.numpy() != 0
     fractions.append(erased.any(-1).mean())
     if erased.any():
@@ -150,16 +151,16 @@ def test_random_erasing_area_and_fill():
   erased = fractions[fractions > 0]
   assert erased.min() >= 0.015 and erased.max() <= 0.36
   assert erased.max() - erased.min() > 0.1  # Sizes vary.
-  values = augment.random_erase(zeros, tf.constant([7, 0], tf.int64),
+  values = random_erasing.random_erase(zeros, tf.constant([7, 0], tf.int64),
                                 1.0).numpy()
   values = values[values != 0]
   assert abs(values.mean()) < 0.2 and 0.8 < values.std() < 1.2
   # Probability 0 never erases; 0.5 erases about half the time.
   for i in range(5):
     np.testing.assert_array_equal(
-        augment.random_erase(zeros, tf.constant([7, i], tf.int64), 0.0),
+        random_erasing.random_erase(zeros, tf.constant([7, i], tf.int64), 0.0),
         zeros)
-  half = [augment.random_erase(zeros, tf.constant([8, i], tf.int64),
+  half = [random_erasing.random_erase(zeros, tf.constant([8, i], tf.int64),
                                0.5).numpy().any() for i in range(40)]
   assert 8 <= sum(half) <= 32
 

@@ -29,10 +29,7 @@ sample bilinearly and fill the uncovered area with the ImageNet mean colour
 (timm's fill); colour ops follow PIL's ImageEnhance / ImageOps on uint8
 values.
 
-Random erasing (config.random_erasing = probability): timm's RandomErasing
-with mode='pixel', one rectangle: area 2-33.3 % of the image, aspect 0.3-3.3
-log-uniform, 10 tries, filled with per-pixel, per-channel N(0, 1) values in
-the normalised space.
+Random erasing (config.random_erasing = probability): random_erasing.py.
 """
 import dataclasses
 import functools
@@ -43,6 +40,7 @@ import numpy as np
 
 from jaxres import data as data_lib
 from jaxres.data import augment_ops as ops_lib
+from jaxres.data import random_erasing
 
 POLICIES = ('none', 'randaugment', 'trivialaugment', 'autoaugment')
 INTERPOLATIONS = ('bilinear', 'bicubic')
@@ -50,9 +48,6 @@ MAX_LEVEL = 10.0  # timm's RandAugment magnitude scale (_LEVEL_DENOM).
 RANDAUGMENT_OP_PROB = 0.5
 TRIVIAL_BINS = 31
 AUTOAUGMENT_BINS = 10
-ERASE_AREA = (0.02, 1 / 3)
-ERASE_ASPECT = (0.3, 1 / 0.3)
-ERASE_TRIES = 10
 
 
 @functools.lru_cache(maxsize=None)
@@ -305,59 +300,6 @@ def apply_policy(image, seed, augment: Augment):
 
 
 # ----------------------------------------------------------------------------
-# Random erasing (normalised images).
-# ----------------------------------------------------------------------------
-
-
-def erase_window(seed, height, width):
-  """(erase?, top, left, h, w): timm's rectangle sampler, 10 tries.
-
-  ``erase`` is False when no try fits; the caller decides the probability.
-  """
-  tf = _tf()
-  area_seed, aspect_seed, place_seed = tf.unstack(
-      tf.random.experimental.stateless_split(seed, num=3))
-  h_f, w_f = tf.cast(height, tf.float32), tf.cast(width, tf.float32)
-  area = tf.random.stateless_uniform([ERASE_TRIES], area_seed, *ERASE_AREA)
-  log_aspect = tf.random.stateless_uniform(
-      [ERASE_TRIES], aspect_seed, math.log(ERASE_ASPECT[0]),
-      math.log(ERASE_ASPECT[1]))
-  target = area * h_f * w_f
-  aspect = tf.exp(log_aspect)
-  hs = tf.cast(tf.round(tf.sqrt(target * aspect)), tf.int32)
-  ws = tf.cast(tf.round(tf.sqrt(target / aspect)), tf.int32)
-  fits = tf.logical_and(hs < height, ws < width)
-  first = tf.argmax(tf.cast(fits, tf.int32), output_type=tf.int32)
-  h, w = hs[first], ws[first]
-  place = tf.random.stateless_uniform([2], place_seed)
-  top = tf.cast(place[0] * tf.cast(height - h + 1, tf.float32), tf.int32)
-  left = tf.cast(place[1] * tf.cast(width - w + 1, tf.float32), tf.int32)
-  return (tf.reduce_any(fits), tf.minimum(top, height - h),
-          tf.minimum(left, width - w), h, w)
-
-
-def random_erase(image, seed, probability: float):
-  """With ``probability``, one rectangle of per-pixel N(0, 1) values."""
-  tf = _tf()
-  gate_seed, window_seed, fill_seed = tf.unstack(
-      tf.random.experimental.stateless_split(seed, num=3))
-  shape = tf.shape(image)
-  height, width = shape[0], shape[1]
-  fits, top, left, h, w = erase_window(window_seed, height, width)
-  erase = tf.logical_and(
-      fits, tf.random.stateless_uniform([], gate_seed) < probability)
-
-  def erased():  # Draws only the rectangle's h * w * 3 values.
-    noise = tf.random.stateless_normal([h, w, shape[2]], fill_seed,
-                                       dtype=image.dtype)
-    padding = [[top, height - top - h], [left, width - left - w], [0, 0]]
-    inside = tf.pad(tf.ones([h, w, 1], image.dtype), padding) > 0
-    return tf.where(inside, tf.pad(noise, padding), image)
-
-  return tf.cond(erase, erased, lambda: image)
-
-
-# ----------------------------------------------------------------------------
 # Entry points for the pipelines.
 # ----------------------------------------------------------------------------
 
@@ -378,7 +320,8 @@ def augment_and_normalize(image, seed, augment: Augment):
       tf.random.experimental.stateless_split(seed, num=2))
   image = normalize(apply_policy(image, policy_seed, augment))
   if augment.random_erasing > 0:
-    image = random_erase(image, erase_seed, augment.random_erasing)
+    image = random_erasing.random_erase(image, erase_seed,
+                                        augment.random_erasing)
   return image
 
 
