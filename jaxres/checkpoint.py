@@ -339,3 +339,36 @@ def restore_variables(directory, step: int, abstract,
             partial_restore=True))
   restored.setdefault(stats, {})
   return restored
+
+
+def restore_model(manager, step: int, abstract, *, ema: bool = False,
+                  where: str, retry: str) -> dict:
+  """A step's model variables {'params', 'batch_stats'}, checksums verified.
+
+  The inference loaders' one restore (predict, evaluation, export). `ema`:
+  the EMA weights and statistics instead (a run trained with
+  config.ema_decay > 0). `where` names the checkpoint in messages; `retry`
+  says how to pick another step. Raises CheckpointError: no EMA weights,
+  damaged (checksums), or unreadable.
+  """
+  weights, stats = ((EMA_KEYS['params'], EMA_KEYS['batch_stats']) if ema
+                    else ('params', 'batch_stats'))
+  if ema:
+    try:
+      tree = manager.item_metadata(step)['state']
+    except Exception:  # pylint: disable=broad-except
+      tree = None  # Unreadable metadata: the restore below reports it.
+    if tree is not None and weights not in tree:
+      raise CheckpointError(
+          f'--ema: {where} has no EMA weights ({weights!r} is not in its '
+          'state: the run was trained without config.ema_decay). Run without '
+          '--ema.')
+  try:
+    restored = restore_variables(manager.directory, step, abstract, weights)
+    verify(manager, step, restored)
+  except ChecksumError as e:
+    raise CheckpointError(f'{where} is damaged: {e}. {retry}') from e
+  except Exception as e:  # pylint: disable=broad-except
+    raise CheckpointError(f'{where} could not be read: '
+                          f'{type(e).__name__}: {str(e)[:500]}') from e
+  return {'params': restored[weights], 'batch_stats': restored.get(stats, {})}

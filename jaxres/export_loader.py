@@ -4,9 +4,9 @@ One entry point, `load_trained(path, step=, ema=, expect=)`, reads either a
 training run (RUN/checkpoints/STEP: the checkpoint's JSON meta names the
 model, class count and model_kwargs; only params and batch_stats are read,
 with an Orbax partial restore) or a directory written by jaxres.convert
-(jaxres_model.json + variables/). No config is needed. Kept apart so that it
-can become a call to jaxres.inference once that reads a run without its
-config.
+(jaxres_model.json + variables/). No config is needed, which is why it is
+apart from jaxres.inference; the restore itself (EMA choice, checksums,
+error messages) is checkpoint.restore_model, shared with it.
 """
 import dataclasses
 import json
@@ -135,36 +135,20 @@ def _load_run(workdir: str, step, ema: bool, expect: dict) -> Trained:
       # config.num_classes=None: the dataset's count, recorded by the trainer.
       meta = dict(meta, num_classes=_recorded_info(workdir).get('num_classes'))
     model = _build(meta, where, expect)
-    weights = 'params'
-    if ema:
-      if EMA_PARAMS not in state_tree:
-        raise ExportError(
-            f'--ema: {where} has no EMA weights ({EMA_PARAMS!r} is not in its '
-            'state: the run was trained without config.ema_decay). Export '
-            'without --ema.')
-      weights = EMA_PARAMS
-    stats = EMA_STATS if ema else 'batch_stats'
+    weights, stats = ((EMA_PARAMS, EMA_STATS) if ema
+                      else ('params', 'batch_stats'))
     hw = _recorded_hw(workdir)
     abstract = _abstract_variables(model, hw)
     saved = {k.replace(weights, 'params', 1).replace(stats, 'batch_stats', 1): v
              for k, v in ckpt_lib.leaf_shapes(
                  state_tree, (weights, stats), model_only=True).items()}
-    _check_fits(saved, abstract, where)
-    try:
-      restored = ckpt_lib.restore_variables(directory, step, abstract, weights)
-      ckpt_lib.verify(manager, step, restored)
-    except ckpt_lib.ChecksumError as e:
-      raise ckpt_lib.CheckpointError(
-          f'{where} is damaged: {e}. Use another --step.') from e
-    except Exception as e:  # pylint: disable=broad-except
-      raise ckpt_lib.CheckpointError(
-          f'{where} could not be read: {type(e).__name__}: {str(e)[:300]}'
-      ) from e
+    if not ema or EMA_PARAMS in state_tree:  # Else restore_model says why.
+      _check_fits(saved, abstract, where)
+    variables = ckpt_lib.restore_model(manager, step, abstract, ema=ema,
+                                       where=where, retry='Use another --step.')
   finally:
     if manager is not None:
       manager.close()
-  variables = {'params': restored[weights],
-               'batch_stats': restored.get(stats, {})}
   return Trained(model, variables, meta, _task(meta, abstract), where, hw)
 
 

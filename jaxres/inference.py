@@ -163,17 +163,6 @@ def abstract_variables(model, input_shape) -> dict:
         f'The model does not build: {e} Fix config.model_kwargs.') from e
 
 
-def _check_has_ema(manager, step, directory):
-  try:
-    tree = manager.item_metadata(step)['state']
-  except Exception:  # pylint: disable=broad-except
-    return  # Unreadable metadata: the restore itself reports it.
-  if tree is not None and ckpt_lib.EMA_KEYS['params'] not in tree:
-    raise ckpt_lib.CheckpointError(
-        f'--ema: checkpoint step {step} in {directory} has no EMA weights (the '
-        'run was trained without config.ema_decay). Run without --ema.')
-
-
 def load_for_inference(config, *, workdir: Optional[str] = None,
                        checkpoint: Optional[str] = None,
                        step: Optional[int] = None,
@@ -214,24 +203,10 @@ def load_for_inference(config, *, workdir: Optional[str] = None,
     ckpt_lib.check_meta(manager, step, ckpt_lib.experiment_meta(config),
                         fields=MODEL_FIELDS)
     ckpt_lib.check_fits(manager, step, abstract)
-    weights, stats = ((ckpt_lib.EMA_KEYS['params'],
-                       ckpt_lib.EMA_KEYS['batch_stats']) if ema
-                      else ('params', 'batch_stats'))
-    if ema:
-      _check_has_ema(manager, step, directory)
-    try:
-      restored = ckpt_lib.restore_variables(directory, step, abstract, weights)
-      ckpt_lib.verify(manager, step, restored)
-      variables = {'params': restored[weights],
-                   'batch_stats': restored.get(stats, {})}
-    except ckpt_lib.ChecksumError as e:
-      raise ckpt_lib.CheckpointError(
-          f'Checkpoint step {step} in {manager.directory} is damaged: {e}. '
-          'Use another step (--checkpoint=RUN/checkpoints/STEP).') from e
-    except Exception as e:  # pylint: disable=broad-except
-      raise ckpt_lib.CheckpointError(
-          f'Checkpoint step {step} in {directory} could not be read: '
-          f'{type(e).__name__}: {str(e)[:500]}') from e
+    variables = ckpt_lib.restore_model(
+        manager, step, abstract, ema=ema,
+        where=f'Checkpoint step {step} in {directory}',
+        retry='Use another step (--checkpoint=RUN/checkpoints/STEP).')
   finally:
     manager.close()
   logging.info('Restored %s (%s%s) from step %d of %s.', config.model,

@@ -96,17 +96,18 @@ def train_step(state, batch, rng, *, cfg: StepConfig, lr_fn):
     (loss, (logits, batch_stats)), grads = jax.value_and_grad(
         loss_fn, has_aux=True)(state.params)
     accuracy = jnp.mean(jnp.argmax(logits, -1) == micro['label'])
-    grad_sum = jax.tree.map(jnp.add, grad_sum, grads)
-    return (batch_stats, grad_sum), (loss, accuracy)
+    if grad_sum is not None:
+      grads = jax.tree.map(jnp.add, grad_sum, grads)
+    return (batch_stats, grads), (loss, accuracy)
 
-  zeros = jax.tree.map(jnp.zeros_like, state.params)
   if k == 1:
     # No loop: XLA:CPU runs convolutions inside a while loop many times
     # slower (measured 17x on the quickstart), and K = 1 keeps the program of
     # runs made before accumulation existed.
     (batch_stats, grads), (losses, accuracies) = micro_step(
-        (state.batch_stats, zeros), (batch, 0))
+        (state.batch_stats, None), (batch, 0))
   else:
+    zeros = jax.tree.map(jnp.zeros_like, state.params)
     (batch_stats, grad_sum), (losses, accuracies) = jax.lax.scan(
         micro_step, (state.batch_stats, zeros),
         (micro_batches(batch, k), jnp.arange(k)))
