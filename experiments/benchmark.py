@@ -526,10 +526,36 @@ def setup_torch(args):
 # Main: alternate jax and PyTorch windows, report medians.
 # ---------------------------------------------------------------------------
 
+def cpu_description() -> dict:
+  """The host CPU's model and vector extensions (/proc/cpuinfo, Linux).
+
+  XLA:CPU compiles for the instruction set it finds, so two machines of the
+  same name (AMD EPYC with and without AVX-512) run different code: their
+  speeds differ, and so do float results in the last bits.
+  """
+  model, flags = platform.processor() or 'unknown', []
+  try:
+    with open('/proc/cpuinfo') as f:
+      for line in f:
+        key, _, value = line.partition(':')
+        if key.strip() == 'model name' and model in ('unknown', ''):
+          model = value.strip()
+        elif key.strip() == 'flags':
+          flags = value.split()
+          break
+  except OSError:
+    pass
+  wanted = ('avx', 'avx2', 'fma', 'avx512f', 'avx512_bf16', 'avx512_vnni',
+            'amx_tile', 'vaes')
+  return {'cpu_model': model,
+          'cpu_vector_flags': [f for f in wanted if f in flags]}
+
+
 def _environment(args):
   import jax  # pylint: disable=g-import-not-at-top
   dev = jax.devices()[0]
   return {
+      **cpu_description(),
       'date': datetime.date.today().isoformat(),
       'platform': dev.platform,
       'device_kind': dev.device_kind,

@@ -14,6 +14,7 @@ argument is checked in exactly one place, the model that takes it.
 from __future__ import annotations
 
 import logging
+import os
 from typing import Any
 
 from flax.training import train_state
@@ -120,6 +121,42 @@ def create_train_state(model, tx, rng, input_shape,
         ema_params=params, ema_batch_stats=batch_stats)
   return TrainState.create(apply_fn=model.apply, params=params, tx=tx,
                            batch_stats=batch_stats)
+
+
+# A fresh run's initial state is computed once, but on CPU compiling it was
+# the largest item of the quickstart's start-up: the initializers (threefry
+# and a truncated normal per parameter) are ~300 fusions that LLVM optimises
+# at XLA's default level for 32 CPU-seconds (the quickstart's ResNet-18; 6.9
+# at level 1; experiments/init_compile_benchmark.py, BENCHMARKS.md). At
+# level 1 the initial values of the quickstarts' models, ResNet-50 and
+# MobileNetV2 are bit-identical to the default level's; LLVM can round a few
+# values of other shapes apart, by at most 2 units in the last place
+# (tests/test_train_state.py: 2 of 108 in a tiny model's 3x3x3x4 stem), so a
+# fresh run starts from the same seed and distribution, and for those models
+# from the same bits. (Level 0 compiles a little faster but moves ~2 % of all
+# values by up to 4 ulps.) CPU only; set JAXRES_INIT_OPT_LEVEL= (empty) to
+# compile at XLA's default level.
+INIT_OPT_LEVEL_ENV = 'JAXRES_INIT_OPT_LEVEL'
+DEFAULT_INIT_OPT_LEVEL = '1'
+
+
+def init_compiler_options() -> dict:
+  """Compiler options for the fresh-state computation on this platform."""
+  level = os.environ.get(INIT_OPT_LEVEL_ENV, DEFAULT_INIT_OPT_LEVEL).strip()
+  if not level or jax.default_backend() != 'cpu':
+    return {}
+  if level not in ('0', '1', '2', '3'):
+    raise ConfigError(f'{INIT_OPT_LEVEL_ENV}={level!r}: give an XLA backend '
+                     'optimisation level 0-3, or nothing for the default.')
+  return {'xla_backend_optimization_level': int(level)}
+
+
+def run_init(jitted_init, rng):
+  """jitted_init(rng), compiled with init_compiler_options()."""
+  options = init_compiler_options()
+  if not options:
+    return jitted_init(rng)
+  return jitted_init.lower(rng).compile(compiler_options=options)(rng)
 
 
 def init_from_pretrained(config, state: TrainState, replicated) -> TrainState:

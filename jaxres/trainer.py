@@ -149,7 +149,8 @@ def train_and_evaluate(config: 'ml_collections.ConfigDict', workdir: str,
   with workdir_lib.WorkdirLock(workdir):
     state, restored_step = _start_up(
         config, workdir, manager, abstract, meta,
-        fresh=lambda: init_state(init_rng), replicated=dp.replicated)
+        fresh=lambda: train_state.run_init(init_state, init_rng),
+        replicated=dp.replicated)
     old_batch = workdir_lib.recorded_batch_size(record)
     if restored_step is not None and old_batch not in (None,
                                                        config.batch_size):

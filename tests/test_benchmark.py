@@ -51,6 +51,11 @@ def test_benchmark_runs_jax_and_torch(tmp_path, capsys):
 
   saved = json.loads(out.read_text())
   assert saved['model'] == 'resnet18' and saved['jax']['compile_s'] > 0
+  # The CPU's vector extensions decide XLA:CPU's code: every row names them.
+  with open('/proc/cpuinfo') as f:
+    has_avx2 = ' avx2' in f.read()
+  assert ('avx2' in saved['env']['cpu_vector_flags']) == has_avx2
+  assert saved['env']['cpu_model']
   printed = capsys.readouterr().out
   assert '| resnet18 | 2 | 32 | float32 |' in printed
 
