@@ -344,6 +344,24 @@ def tiny_tfds(tmp_path_factory):
   return data_dir
 
 
+def test_tfds_finish_is_the_broadcast_normalisation_bit_for_bit():
+  """imagenet._finish (float32 crop into the resize, [S, S, 3] mean/std
+  planes) writes the bits of resize(uint8) then broadcast (x - mean) / std."""
+  from jaxres.data import imagenet  # pylint: disable=g-import-not-at-top
+  tf = imagenet._tf()  # pylint: disable=protected-access
+  rng = np.random.default_rng(0)
+  crop = tf.constant(rng.integers(0, 256, (37, 29, 3), dtype=np.uint8))
+  for interpolation in ('bicubic', 'bilinear'):
+    for dtype in (tf.float32, tf.bfloat16):
+      out = imagenet._finish(crop, 24, dtype, interpolation)  # pylint: disable=protected-access
+      ref = tf.clip_by_value(tf.image.resize([crop], [24, 24],
+                                             method=interpolation)[0], 0., 255.)
+      ref = (ref - tf.constant(data_lib.MEAN_RGB, shape=[1, 1, 3])) / (
+          tf.constant(data_lib.STDDEV_RGB, shape=[1, 1, 3]))
+      ref = tf.cast(ref, dtype)
+      assert out.numpy().tobytes() == ref.numpy().tobytes()
+
+
 def test_tfds_resume_and_sharding(tiny_tfds):
   from jaxres.data import imagenet, tfds_train  # pylint: disable=g-import-not-at-top
   builder = imagenet.get_builder('jaxres_tiny_images', tiny_tfds)
