@@ -353,7 +353,8 @@ def test_tfds_finish_is_the_broadcast_normalisation_bit_for_bit():
   crop = tf.constant(rng.integers(0, 256, (37, 29, 3), dtype=np.uint8))
   for interpolation in ('bicubic', 'bilinear'):
     for dtype in (tf.float32, tf.bfloat16):
-      out = imagenet._finish(crop, 24, dtype, interpolation)  # pylint: disable=protected-access
+      # pylint: disable-next=protected-access
+      out = imagenet._finish(crop, 24, dtype, interpolation)
       ref = tf.clip_by_value(tf.image.resize([crop], [24, 24],
                                              method=interpolation)[0], 0., 255.)
       ref = (ref - tf.constant(data_lib.MEAN_RGB, shape=[1, 1, 3])) / (
@@ -363,7 +364,8 @@ def test_tfds_finish_is_the_broadcast_normalisation_bit_for_bit():
 
 
 def test_tfds_resume_and_sharding(tiny_tfds):
-  from jaxres.data import imagenet, tfds_train  # pylint: disable=g-import-not-at-top
+  # pylint: disable-next=g-import-not-at-top
+  from jaxres.data import imagenet, tfds_train
   builder = imagenet.get_builder('jaxres_tiny_images', tiny_tfds)
   assert imagenet.class_names(builder) == ('0', '1', '2', '3', '4')
   kwargs = dict(seed=3, image_size=16, shuffle_buffer=16)
@@ -389,11 +391,13 @@ def test_tfds_resume_and_sharding(tiny_tfds):
 def test_tfds_stream_order_does_not_depend_on_process_count(tiny_tfds):
   """read='stream': the global batch is the same for 1, 2 and 4 processes
   (and equals read='shards' with one process), fresh or resumed."""
-  from jaxres.data import imagenet, tfds_train  # pylint: disable=g-import-not-at-top
+  # pylint: disable-next=g-import-not-at-top
+  from jaxres.data import imagenet, tfds_train
   builder = imagenet.get_builder('jaxres_tiny_images', tiny_tfds)
   kwargs = dict(seed=5, image_size=16, shuffle_buffer=16)
   # 37 // 4 = 9 steps per epoch: 11 steps cross into epoch 1.
-  one = _take(tfds_train.train_iterator(builder, 4, read='shards', **kwargs), 11)
+  one = _take(tfds_train.train_iterator(builder, 4, read='shards', **kwargs),
+              11)
   for process_count in (1, 2, 4):
     for start in (0, 7):
       parts = [_take(tfds_train.train_iterator(
@@ -407,7 +411,8 @@ def test_tfds_stream_order_does_not_depend_on_process_count(tiny_tfds):
   # 'shards' with two processes is another order (why it cannot continue a
   # run on another number of processes).
   shards = [_take(tfds_train.train_iterator(
-      builder, 4, process_index=p, process_count=2, read='shards', **kwargs), 2)
+      builder, 4, process_index=p, process_count=2, read='shards', **kwargs),
+                    2)
             for p in range(2)]
   glued = np.concatenate([shards[0][0]['image'], shards[1][0]['image']])
   assert not np.array_equal(glued, one[0]['image'])

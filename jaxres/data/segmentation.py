@@ -7,8 +7,9 @@ uint8 [H, W, 3] array for in-memory data) and a uint8 class-index label
 augmentation in seg_transforms.py, batching, sharding and the bad-file policy
 in batching.py, so every dataset behaves the same. Each image is decoded once
 (PIL, files and TFDS records alike) and becomes a numpy array once, after its
-resize (in-memory arrays become a PIL image only to be resized). Work runs on a thread pool (PIL and numpy release the GIL), so
-TensorFlow is never on the hot path.
+resize (in-memory arrays become a PIL image only to be resized). Work runs
+on a thread pool (PIL and numpy release the GIL), so TensorFlow is never on
+the hot path.
 
   data = get_segmentation_datasets(config, seed=0, process_index=0,
                                    process_count=1)

@@ -68,7 +68,8 @@ def _train_epoch(builder, split, *, seed, num_records, skip, rows,
   ``rows = (lo, hi, global_batch)``: of each global batch (``global_batch``
   consecutive records) keep rows [lo, hi), filtered before decoding.
   """
-  tf, tfds = imagenet._tf(), imagenet._tfds()  # pylint: disable=protected-access
+  # pylint: disable-next=protected-access
+  tf, tfds = imagenet._tf(), imagenet._tfds()
   lo, hi, global_batch = rows
   ds = builder.as_dataset(
       split=split,
