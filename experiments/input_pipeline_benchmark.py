@@ -3,18 +3,21 @@ r"""Input pipelines side by side, per CPU core: jaxres against PyTorch.
 One run, the same generated JPEGs for all four pipelines:
 
   classification (224x224 float32 batches of 64):
-    jaxres   jaxres.data.imagenet's training pipeline: TFRecord shards of
-             tf.train.Example {'image', 'label'} as TFDS writes them, read the
-             way imagenet.train_iterator does (interleave, shuffle, enumerate,
-             map(imagenet.preprocess_for_train): decode only the random crop
-             window, flip, bicubic resize, normalise; batch, prefetch).
+    jaxres   jaxres's ImageNet training pipeline: TFRecord shards of
+             tf.train.Example {'image', 'label'} as TFDS writes them, read as
+             TFDS hands them over (interleave, shuffle, enumerate), then the
+             trainer's own stage, tfds_train.batches (map
+             imagenet.preprocess_for_train: decode only the random crop
+             window, flip, resize, normalise; batch, prefetch). One row per
+             --interpolations entry: bicubic (the default of the ImageNet
+             configs) and bilinear (what torchvision does: like for like).
     PyTorch  torch.utils.data.DataLoader over the same JPEGs as files, doing
              what torchvision's ImageFolder + RandomResizedCrop(224) +
              RandomHorizontalFlip + ToTensor + Normalize do, written with PIL
              and numpy (torchvision does not import here): pil_loader, the
              get_params crop sampler, PIL crop + bilinear resize, flip,
-             HWC uint8 -> CHW float / 255, per-channel normalise, default
-             collate.
+             ToTensor (HWC uint8 -> contiguous CHW float / 255), Normalize
+             (F.normalize: clone, std check, sub_, div_), default collate.
   segmentation (512x512 crops, batches of 16, random scale 0.5-2.0):
     jaxres   jaxres.data.segmentation on a VOC-style folder of the same
              JPEGs plus PNG masks: get_segmentation_datasets(...).
@@ -22,8 +25,11 @@ One run, the same generated JPEGs for all four pipelines:
     PyTorch  the transforms of torchvision's references/segmentation (also
              the layout of the common DeepLab repositories): PIL open, resize
              the whole image (bilinear) and mask (nearest) by the random
-             scale, pad to the crop (image 0, mask 255), random crop, flip,
-             to tensor, normalise; DataLoader workers.
+             scale, flip, pad to the crop (image 0, mask 255), random crop,
+             PILToTensor + ToDtype(float, scale=True) + Normalize, mask to
+             int64; DataLoader workers. (The reference draws the shorter
+             side from [0.5, 2.0] x base_size; here the factor is drawn from
+             the same range as jaxres's, so both do the same pixels.)
 
 Augmentation rows (--augments): the jaxres ImageNet pipeline again, right
 after its plain row and with the same data, with each training augmentation
@@ -38,7 +44,7 @@ when other processes share the machine.
 
 Needs TensorFlow (the jaxres ImageNet side), PIL, numpy, torch.
 
-Example (BENCHMARKS.md, about 3 minutes on 2 cores, plus about 1 minute per
+Example (BENCHMARKS.md, about 4 minutes on 2 cores, plus about 1 minute per
 augmentation row and worker count):
   python experiments/input_pipeline_benchmark.py --workers=1,2 \
       --json=experiments/results/cpu_input_pipelines.json
@@ -87,6 +93,11 @@ def parse_args(argv=None):
   p.add_argument('--augments', default=','.join(AUGMENTS),
                  help='extra jaxres_imagenet rows, one per augmentation '
                  '(policy[+erasing]); "" for none')
+  p.add_argument('--interpolations', default='bicubic,bilinear',
+                 help='jaxres ImageNet rows, one per config.interpolation: '
+                 'bicubic is the default of the ImageNet configs, bilinear '
+                 "what torchvision's RandomResizedCrop does (like for like); "
+                 'the augmentation rows use the first')
   p.add_argument('--warmup_images', type=int, default=128)
   p.add_argument('--images', type=int, default=640,
                  help='images per timed window')
@@ -101,6 +112,7 @@ def parse_args(argv=None):
   args.workers = [int(w) for w in args.workers.split(',')]
   args.pipelines = args.pipelines.split(',')
   args.augments = [a for a in args.augments.split(',') if a]
+  args.interpolations = [i for i in args.interpolations.split(',') if i]
   return args
 
 
@@ -211,16 +223,23 @@ def augment_spec(name):
 
 
 def jaxres_imagenet(paths, *, threads, batch_size, image_size, dtype='float32',
-                    seed=0, augment=None):
-  """jaxres.data.imagenet's training pipeline over the generated shards."""
+                    seed=0, augment=None, interpolation=None):
+  """jaxres's ImageNet training pipeline over the generated shards.
+
+  The records are read as TFDS's reader hands them over (interleaved shard
+  files, shuffled, enumerated); from there on it is the trainer's own stage,
+  ``tfds_train.batches`` (map(imagenet.preprocess_for_train), batch,
+  prefetch) with ``imagenet.dataset_options()``, plus the thread count.
+  """
   tf = _tf()
   if REPO not in sys.path:
     sys.path.insert(0, REPO)
-  from jaxres.data import imagenet  # pylint: disable=g-import-not-at-top
+  # pylint: disable=g-import-not-at-top
+  from jaxres.data import imagenet
+  from jaxres.data import tfds_train
+  # pylint: enable=g-import-not-at-top
 
-  options = tf.data.Options()
-  options.deterministic = True  # As imagenet._options().
-  options.experimental_optimization.map_parallelization = True
+  options = imagenet.dataset_options()
   options.threading.private_threadpool_size = threads
   options.threading.max_intra_op_parallelism = 1
   features = {'image': tf.io.FixedLenFeature([], tf.string),
@@ -231,25 +250,18 @@ def jaxres_imagenet(paths, *, threads, batch_size, image_size, dtype='float32',
                      deterministic=True)
   ds = ds.map(lambda r: tf.io.parse_single_example(r, features))
   ds = ds.repeat().shuffle(1024, seed=seed).enumerate()
-  tf_dtype = tf.bfloat16 if dtype == 'bfloat16' else tf.float32
-
-  def preprocess(index, example):
-    rng = tf.stack([tf.constant(seed, tf.int64), index])
-    image = imagenet.preprocess_for_train(example['image'], rng, image_size,
-                                          tf_dtype, is_jpeg=True,
-                                          augment=augment)
-    return dict(image=image, label=tf.cast(example['label'], tf.int32))
-
-  ds = ds.map(preprocess, num_parallel_calls=tf.data.AUTOTUNE,
-              deterministic=True)
-  ds = ds.batch(batch_size, drop_remainder=True)
-  return ds.prefetch(tf.data.AUTOTUNE).with_options(options)
+  return tfds_train.batches(
+      ds, seed=seed, batch_size=batch_size, image_size=image_size,
+      dtype=imagenet.tf_dtype(dtype), is_jpeg=True, augment=augment,
+      interpolation=interpolation, options=options)
 
 
-def jaxres_imagenet_batches(paths, workers, args, augment=None):
+def jaxres_imagenet_batches(paths, workers, args, augment=None,
+                            interpolation=None):
   ds = jaxres_imagenet(paths, threads=workers, batch_size=args.batch_size,
                        image_size=args.image_size,
-                       augment=augment_spec(augment))
+                       augment=augment_spec(augment),
+                       interpolation=interpolation)
   return ds.as_numpy_iterator(), args.batch_size
 
 
@@ -308,14 +320,34 @@ def random_resized_crop_params(width, height, scale=(0.08, 1.0),
   return (height - h) // 2, (width - w) // 2, h, w
 
 
-def to_tensor_normalized(img):
-  """ToTensor (CHW float in [0, 1]) then Normalize(mean, std)."""
+def normalize(x):
+  """torchvision.transforms.functional.normalize (inplace=False): a clone,
+  the std == 0 check, then sub_ and div_ per channel."""
   import torch  # pylint: disable=g-import-not-at-top
-  x = torch.from_numpy(np.array(img)).permute(2, 0, 1).contiguous()
-  x = x.float().div(255)
-  mean = torch.as_tensor(MEAN).view(-1, 1, 1)
-  std = torch.as_tensor(STD).view(-1, 1, 1)
-  return x.sub_(mean).div_(std)
+  x = x.clone()
+  mean = torch.as_tensor(MEAN, dtype=x.dtype)
+  std = torch.as_tensor(STD, dtype=x.dtype)
+  if (std == 0).any():
+    raise ValueError('std 0')
+  return x.sub_(mean.view(-1, 1, 1)).div_(std.view(-1, 1, 1))
+
+
+def to_tensor_normalized(img):
+  """transforms.ToTensor (CHW contiguous, float / 255) then Normalize."""
+  import torch  # pylint: disable=g-import-not-at-top
+  x = torch.from_numpy(np.array(img, np.uint8, copy=True))
+  x = x.view(img.size[1], img.size[0], 3).permute((2, 0, 1)).contiguous()
+  return normalize(x.to(dtype=torch.get_default_dtype()).div(255))
+
+
+def pil_to_tensor_normalized(img):
+  """references/segmentation: PILToTensor (F.pil_to_tensor: CHW view, not
+  made contiguous), ToDtype(torch.float, scale=True)
+  (F.convert_image_dtype: .to(float) / 255), Normalize."""
+  import torch  # pylint: disable=g-import-not-at-top
+  x = torch.as_tensor(np.array(img, copy=True))
+  x = x.view(img.size[1], img.size[0], 3).permute((2, 0, 1))
+  return normalize(x.to(torch.float) / 255.0)
 
 
 class TorchImageFolderTrain:
@@ -378,7 +410,7 @@ class TorchSegTrain:
     left = random.randint(0, image.width - self.crop)
     box = (left, top, left + self.crop, top + self.crop)
     image, target = image.crop(box), target.crop(box)
-    return (to_tensor_normalized(image),
+    return (pil_to_tensor_normalized(image),
             torch.as_tensor(np.array(target), dtype=torch.int64))
 
 
@@ -498,34 +530,37 @@ def _run(args, workdir):
       'runs': []}
   print(f'{args.num_images} JPEGs, mean {mean_bytes / 1e3:.0f} kB')
   makers = {
-      'jaxres_imagenet': lambda w: jaxres_imagenet_batches(shards, w, args),
       'torch_imagenet': lambda w: torch_imagenet_batches(jpegs, w, args),
       'jaxres_seg': lambda w: jaxres_seg_batches(voc_root, w, args),
       'torch_seg': lambda w: torch_seg_batches(voc_root, w, args),
   }
   result['augments'] = args.augments
   result['erasing_probability'] = ERASING_PROBABILITY
+  result['interpolations'] = args.interpolations
   for workers in args.workers:
     for name in args.pipelines:
-      variants = [None]
+      variants = [(None, None)]
       if name == 'jaxres_imagenet':
-        variants += args.augments
-      for augment in variants:
+        variants = ([(None, i) for i in args.interpolations] +
+                    [(a, args.interpolations[0]) for a in args.augments])
+      for augment, interpolation in variants:
         load = os.getloadavg()[0]
-        if augment is None:
-          batches, batch_size = makers[name](workers)
+        if name == 'jaxres_imagenet':
+          batches, batch_size = jaxres_imagenet_batches(
+              shards, workers, args, augment, interpolation)
         else:
-          batches, batch_size = jaxres_imagenet_batches(shards, workers, args,
-                                                        augment)
+          batches, batch_size = makers[name](workers)
         run = measure(batches, batch_size, warmup_images=args.warmup_images,
                       images=args.images, windows=args.windows)
         del batches  # Ends DataLoader workers before the next pipeline.
         run.update(pipeline=name, workers=workers, loadavg_start=load,
                    loadavg_end=os.getloadavg()[0])
+        label = name
         if name == 'jaxres_imagenet':
           run['augment'] = augment or 'none'
+          run['interpolation'] = interpolation
+          label += f' {interpolation}' + (f' + {augment}' if augment else '')
         result['runs'].append(run)
-        label = name + (f' + {augment}' if augment else '')
         print(f"{label} workers {workers}: {run['images_per_s']:.0f} img/s "
               f"wall, {run['images_per_cpu_s']:.0f} img per CPU-second "
               f"(load {load:.1f})", flush=True)
@@ -547,31 +582,42 @@ def _run(args, workdir):
 
 
 def format_table(result):
-  runs = {(r['pipeline'], r['workers']): r for r in result['runs']
-          if r.get('augment', 'none') == 'none'}
+  """One row per task, worker count and jaxres interpolation (ImageNet)."""
+  plain = [r for r in result['runs'] if r.get('augment', 'none') == 'none']
+  runs = {(r['pipeline'], r['workers'], r.get('interpolation')): r
+          for r in plain}
+  interpolations = result.get('interpolations') or [None]
   lines = ['| task | workers | jaxres img/s | PyTorch img/s | jaxres img per '
            'CPU-s | PyTorch img per CPU-s | per-core ratio | load avg |',
            '|---|---|---|---|---|---|---|---|']
-  for task in ('imagenet', 'seg'):
-    for workers in sorted({w for _, w in runs}):
-      jx = runs.get((f'jaxres_{task}', workers))
-      pt = runs.get((f'torch_{task}', workers))
+  rows = [('imagenet', i) for i in interpolations] + [('seg', None)]
+  for task, interpolation in rows:
+    for workers in sorted({r['workers'] for r in plain}):
+      jx = runs.get((f'jaxres_{task}', workers, interpolation))
+      pt = runs.get((f'torch_{task}', workers, None))
       if not jx and not pt:
         continue
       fmt = lambda r, k: f'{r[k]:.0f}' if r else 'n/a'
       ratio = (f"{jx['images_per_cpu_s'] / pt['images_per_cpu_s']:.2f}"
                if jx and pt else 'n/a')
       loads = [f"{r['loadavg_start']:.1f}" for r in (jx, pt) if r]
+      name = task
+      if interpolation:
+        like = ' (like for like)' if interpolation == 'bilinear' else ''
+        name = f'{task}, jaxres {interpolation}{like}'
       lines.append(
-          f"| {task} | {workers} | {fmt(jx, 'images_per_s')} | "
+          f"| {name} | {workers} | {fmt(jx, 'images_per_s')} | "
           f"{fmt(pt, 'images_per_s')} | {fmt(jx, 'images_per_cpu_s')} | "
           f"{fmt(pt, 'images_per_cpu_s')} | {ratio} | {', '.join(loads)} |")
   return '\n'.join(lines)
 
 
 def format_augment_table(result):
-  """The jaxres ImageNet rows, one per augmentation, against 'none'."""
-  runs = [r for r in result['runs'] if r['pipeline'] == 'jaxres_imagenet']
+  """The jaxres ImageNet rows, one per augmentation, against 'none' (all
+  with the first --interpolations entry)."""
+  first = (result.get('interpolations') or [None])[0]
+  runs = [r for r in result['runs'] if r['pipeline'] == 'jaxres_imagenet'
+          and r.get('interpolation') == first]
   plain = {r['workers']: r for r in runs if r.get('augment') == 'none'}
   lines = ['| augment | workers | img/s | img per CPU-s | per-core vs none '
            '| load avg |', '|---|---|---|---|---|---|']

@@ -344,14 +344,34 @@ def tiny_tfds(tmp_path_factory):
   return data_dir
 
 
-def test_tfds_resume_and_sharding(tiny_tfds):
+def test_tfds_finish_is_the_broadcast_normalisation_bit_for_bit():
+  """imagenet._finish (float32 crop into the resize, [S, S, 3] mean/std
+  planes) writes the bits of resize(uint8) then broadcast (x - mean) / std."""
   from jaxres.data import imagenet  # pylint: disable=g-import-not-at-top
+  tf = imagenet._tf()  # pylint: disable=protected-access
+  rng = np.random.default_rng(0)
+  crop = tf.constant(rng.integers(0, 256, (37, 29, 3), dtype=np.uint8))
+  for interpolation in ('bicubic', 'bilinear'):
+    for dtype in (tf.float32, tf.bfloat16):
+      # pylint: disable-next=protected-access
+      out = imagenet._finish(crop, 24, dtype, interpolation)
+      ref = tf.clip_by_value(tf.image.resize([crop], [24, 24],
+                                             method=interpolation)[0], 0., 255.)
+      ref = (ref - tf.constant(data_lib.MEAN_RGB, shape=[1, 1, 3])) / (
+          tf.constant(data_lib.STDDEV_RGB, shape=[1, 1, 3]))
+      ref = tf.cast(ref, dtype)
+      assert out.numpy().tobytes() == ref.numpy().tobytes()
+
+
+def test_tfds_resume_and_sharding(tiny_tfds):
+  # pylint: disable-next=g-import-not-at-top
+  from jaxres.data import imagenet, tfds_train
   builder = imagenet.get_builder('jaxres_tiny_images', tiny_tfds)
   assert imagenet.class_names(builder) == ('0', '1', '2', '3', '4')
   kwargs = dict(seed=3, image_size=16, shuffle_buffer=16)
-  fresh = _take(imagenet.train_iterator(builder, 4, **kwargs), 12)
+  fresh = _take(tfds_train.train_iterator(builder, 4, **kwargs), 12)
   # 37 // 4 = 9 steps per epoch: steps 7..11 cross into epoch 1.
-  resumed = _take(imagenet.train_iterator(builder, 4, start_step=7, **kwargs),
+  resumed = _take(tfds_train.train_iterator(builder, 4, start_step=7, **kwargs),
                   5)
   for a, b in zip(fresh[7:], resumed):
     np.testing.assert_array_equal(a['image'], b['image'])
@@ -371,14 +391,16 @@ def test_tfds_resume_and_sharding(tiny_tfds):
 def test_tfds_stream_order_does_not_depend_on_process_count(tiny_tfds):
   """read='stream': the global batch is the same for 1, 2 and 4 processes
   (and equals read='shards' with one process), fresh or resumed."""
-  from jaxres.data import imagenet  # pylint: disable=g-import-not-at-top
+  # pylint: disable-next=g-import-not-at-top
+  from jaxres.data import imagenet, tfds_train
   builder = imagenet.get_builder('jaxres_tiny_images', tiny_tfds)
   kwargs = dict(seed=5, image_size=16, shuffle_buffer=16)
   # 37 // 4 = 9 steps per epoch: 11 steps cross into epoch 1.
-  one = _take(imagenet.train_iterator(builder, 4, read='shards', **kwargs), 11)
+  one = _take(tfds_train.train_iterator(builder, 4, read='shards', **kwargs),
+              11)
   for process_count in (1, 2, 4):
     for start in (0, 7):
-      parts = [_take(imagenet.train_iterator(
+      parts = [_take(tfds_train.train_iterator(
           builder, 4, start_step=start, process_index=p,
           process_count=process_count, read='stream', **kwargs), 11 - start)
                for p in range(process_count)]
@@ -388,8 +410,9 @@ def test_tfds_stream_order_does_not_depend_on_process_count(tiny_tfds):
           np.testing.assert_array_equal(glued, one[step][key])
   # 'shards' with two processes is another order (why it cannot continue a
   # run on another number of processes).
-  shards = [_take(imagenet.train_iterator(
-      builder, 4, process_index=p, process_count=2, read='shards', **kwargs), 2)
+  shards = [_take(tfds_train.train_iterator(
+      builder, 4, process_index=p, process_count=2, read='shards', **kwargs),
+                    2)
             for p in range(2)]
   glued = np.concatenate([shards[0][0]['image'], shards[1][0]['image']])
   assert not np.array_equal(glued, one[0]['image'])

@@ -1,5 +1,5 @@
 """Tests for the segmentation input pipelines (jaxres/data/segmentation.py,
-voc.py, seg_tfds.py). CPU only, small images."""
+seg_transforms.py, voc.py, seg_tfds.py). CPU only, small images."""
 import io
 import os
 
@@ -11,6 +11,7 @@ import pytest
 from configs import segmentation_common
 from jaxres import data as data_lib
 from jaxres.data import seg_tfds
+from jaxres.data import seg_transforms
 from jaxres.data import segmentation
 from jaxres.data import voc
 
@@ -296,19 +297,34 @@ def test_train_transform_matches_resize_pad_crop_flip():
     label = rng.integers(0, NUM_CLASSES, (h, w)).astype(np.uint8)
     out_image = np.zeros((32, 32, 3), np.float32)
     out_label = np.full((32, 32), 255, np.int32)
-    segmentation.train_transform(image, label, np.random.default_rng(k),
-                                 (32, 32), (0.5, 2.0), out_image, out_label)
+    seg_transforms.train_transform(image, label, np.random.default_rng(k),
+                                   (32, 32), (0.5, 2.0), out_image, out_label)
     ref_image, ref_label = _reference_train_transform(
         image, label, np.random.default_rng(k), 32, (0.5, 2.0))
     np.testing.assert_array_equal(out_label, ref_label)
     # A decoded PIL image (what file sources hand over) gives the same bytes.
     pil_image = np.zeros_like(out_image)
-    segmentation.train_transform(Image.fromarray(image), label,
-                                 np.random.default_rng(k), (32, 32),
-                                 (0.5, 2.0), pil_image, out_label.copy())
+    seg_transforms.train_transform(Image.fromarray(image), label,
+                                   np.random.default_rng(k), (32, 32),
+                                   (0.5, 2.0), pil_image, out_label.copy())
     np.testing.assert_array_equal(pil_image, out_image)
     # PIL may round a resampled pixel one level differently with a box.
     np.testing.assert_allclose(out_image, ref_image, atol=1.01 / (255 * 0.224))
+
+
+def test_row_normalize_is_bit_identical():
+  """seg_transforms.normalize_into writes what data_lib.normalize_into does,
+  into windows of a slot and from flipped (strided) images."""
+  rng = np.random.default_rng(0)
+  image = rng.integers(0, 256, (9, 13, 3), dtype=np.uint8)
+  for src in (image, image[:, ::-1], image[:5, 2:11]):
+    h, w = src.shape[:2]
+    fast = np.full((12, 16, 3), 7.0, np.float32)
+    ref = fast.copy()
+    seg_transforms.normalize_into(fast[1:1 + h, 3:3 + w], src)
+    data_lib.normalize_into(ref[1:1 + h, 3:3 + w], src)
+    np.testing.assert_array_equal(fast, ref)  # Bits, and nothing outside.
+    assert fast.tobytes() == ref.tobytes()
 
 
 def test_padding_is_ignore_and_mean():
@@ -317,8 +333,8 @@ def test_padding_is_ignore_and_mean():
   for seed in range(4):  # Both flip outcomes.
     out_image = np.zeros((20, 20, 3), np.float32)
     out_label = np.full((20, 20), 255, np.int32)
-    segmentation.train_transform(image, label, np.random.default_rng(seed),
-                                 (20, 20), (1.0, 1.0), out_image, out_label)
+    seg_transforms.train_transform(image, label, np.random.default_rng(seed),
+                                   (20, 20), (1.0, 1.0), out_image, out_label)
     assert (out_label == 3).sum() == 120 and (out_label == 255).sum() == 280
     np.testing.assert_array_equal(out_image[out_label == 255], 0.0)
     assert (out_label[10:] == 255).all()  # Padding at the bottom.

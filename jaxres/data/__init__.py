@@ -19,7 +19,7 @@ Config fields read (``ml_collections.ConfigDict``):
   eval_batch_size    GLOBAL eval batch size (None/0: batch_size).
   shuffle_buffer     TFDS record shuffle buffer (examples).
   tfds_read          TFDS training: 'shards', 'stream' or 'auto' (see
-                     ``tfds_read`` and imagenet.py).
+                     ``tfds_read`` and tfds_train.py).
   num_classes        synthetic: number of classes. Others: None/0 takes the
                      dataset's count, any other value must equal it.
   input_dtype        'float32'; 'bfloat16' halves host to device traffic
@@ -217,7 +217,7 @@ def get_classification_datasets(config, *, seed: int, process_index: int,
     _check_num_classes(config, data.num_classes)
     return data
 
-  from jaxres.data import augment, imagenet
+  from jaxres.data import augment, imagenet, tfds_train
   builder = imagenet.get_builder(config.dataset, config.data_dir)
   num_classes = _check_num_classes(config, imagenet.num_classes(builder))
   train_split, eval_split = imagenet.default_splits(builder)
@@ -226,7 +226,7 @@ def get_classification_datasets(config, *, seed: int, process_index: int,
   train_augment = augment.Augment.from_config(config)
 
   def train_iter_fn(start_step):
-    return imagenet.train_iterator(
+    return tfds_train.train_iterator(
         builder, batch_size, seed=seed, start_step=start_step,
         split=train_split, shuffle_buffer=config.shuffle_buffer or 16 * 1024,
         read=tfds_read(config, process_count), augment=train_augment,

@@ -3,11 +3,13 @@
 Every source (the embedded shapes, VOC-style folders, TFDS cityscapes and
 oxford_iiit_pet) hands this module an RGB image (a decoded PIL image, or a
 uint8 [H, W, 3] array for in-memory data) and a uint8 class-index label
-[H, W] (255 = ignore). Augmentation and the label checks live here, batching,
-sharding and the bad-file policy in batching.py, so every dataset behaves the
-same. Each image is decoded once and becomes a numpy array once, after its
-resize. Work runs on a thread pool (PIL and numpy release the GIL), so
-TensorFlow is never on the hot path.
+[H, W] (255 = ignore). The sources and label checks live here, the
+augmentation in seg_transforms.py, batching, sharding and the bad-file policy
+in batching.py, so every dataset behaves the same. Each image is decoded once
+(PIL, files and TFDS records alike) and becomes a numpy array once, after its
+resize (in-memory arrays become a PIL image only to be resized). Work runs
+on a thread pool (PIL and numpy release the GIL), so TensorFlow is never on
+the hot path.
 
   data = get_segmentation_datasets(config, seed=0, process_index=0,
                                    process_count=1)
@@ -71,7 +73,7 @@ Config fields read (all declared in configs/segmentation_common.py):
 """
 import concurrent.futures
 import dataclasses
-from typing import Callable, Iterator, Optional, Tuple, Union
+from typing import Callable, Iterator, Optional, Tuple
 
 import numpy as np
 from PIL import Image
@@ -81,22 +83,11 @@ from jaxres.data import arrays
 from jaxres.data import batching
 from jaxres.data import IGNORE_LABEL
 from jaxres.data import seg_labels
+from jaxres.data import seg_transforms
 # Re-exported: callers catch segmentation.LabelError and BadImageError.
 from jaxres.data.errors import BadImageError
 from jaxres.data.errors import LabelError
 from jaxres.data.seg_labels import check_label
-
-# A decoded RGB image: PIL (files) or uint8 [H, W, 3] (in-memory data).
-ImageLike = Union[Image.Image, np.ndarray]
-
-
-# ----------------------------------------------------------------------------
-# Augmentation.
-# ----------------------------------------------------------------------------
-
-
-def _pil(image: ImageLike) -> Image.Image:
-  return image if isinstance(image, Image.Image) else Image.fromarray(image)
 
 
 def _hw(size) -> Tuple[int, int]:
@@ -106,77 +97,12 @@ def _hw(size) -> Tuple[int, int]:
   return int(h), int(w)
 
 
-def train_transform(image: ImageLike, label: np.ndarray,
-                    rng: np.random.Generator, crop_size: Tuple[int, int],
-                    scale_range: Tuple[float, float], out_image: np.ndarray,
-                    out_label: np.ndarray) -> None:
-  """Random scale, pad, random crop and flip, written into out_* slots.
-
-  Equivalent to: rescale the whole image by s (image bilinear, label nearest
-  at pixel centres), pad bottom/right to the crop size (image with the mean,
-  label with 255), take a random crop, flip horizontally with p=0.5. Only the
-  part of the rescaled image inside the crop is computed (PIL's resize box), so
-  a 2x scale of a 1024x2048 image costs the crop, not 8M pixels.
-
-  Args:
-    image: RGB, PIL or uint8 [H, W, 3]; label: uint8 [H, W].
-    rng: the example's generator; draws scale, y0, x0, flip in that order.
-    crop_size: (ch, cw).
-    scale_range: (low, high) of the uniform scale factor.
-    out_image: float32 [ch, cw, 3], zero-filled; out_label: int32 [ch, cw],
-      255-filled.
-  """
-  h, w = label.shape
-  ch, cw = crop_size
-  scale = rng.uniform(*scale_range)
-  nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
-  y0 = int(rng.integers(0, max(nh, ch) - ch + 1))
-  x0 = int(rng.integers(0, max(nw, cw) - cw + 1))
-  flip = bool(rng.random() < 0.5)
-  # Part of the rescaled image inside the crop window; the rest is padding.
-  vh, vw = min(ch, nh - y0), min(cw, nw - x0)
-  sy, sx = h / nh, w / nw
-  box = (x0 * sx, y0 * sy, (x0 + vw) * sx, (y0 + vh) * sy)
-  img = np.asarray(_pil(image).resize((vw, vh), Image.BILINEAR, box=box))
-  # Label: nearest pixel centre, floor((i + 0.5) * h / nh), in integers so the
-  # crop equals the same rows of a full resize (PIL's boxed NEAREST can break
-  # ties one row differently).
-  rows = (2 * np.arange(y0, y0 + vh) + 1) * h // (2 * nh)
-  cols_src = (2 * np.arange(x0, x0 + vw) + 1) * w // (2 * nw)
-  lab = label.take(rows, axis=0).take(cols_src, axis=1)
-  if flip:  # The padding moves to the left.
-    img, lab = img[:, ::-1], lab[:, ::-1]
-    cols = slice(cw - vw, cw)
-  else:
-    cols = slice(0, vw)
-  data_lib.normalize_into(out_image[:vh, cols], img)
-  out_label[:vh, cols] = lab
-
-
-def eval_transform(image: ImageLike, label: np.ndarray,
-                   eval_size: Optional[Tuple[int, int]], out_image: np.ndarray,
-                   out_label: np.ndarray) -> None:
-  """Full resolution (top-left of a padded slot) or resized to eval_size.
-
-  The label is never resized: scoring happens at the original resolution.
-  ``image`` is RGB, PIL or uint8 [H, W, 3].
-  """
-  h, w = label.shape
-  if eval_size is None:
-    data_lib.normalize_into(out_image[:h, :w], np.asarray(image))
-  else:
-    eh, ew = eval_size
-    resized = np.asarray(_pil(image).resize((ew, eh), Image.BILINEAR))
-    data_lib.normalize_into(out_image, resized)
-  out_label[:h, :w] = label
-
-
 # ----------------------------------------------------------------------------
 # Sources and the entry point.
 # ----------------------------------------------------------------------------
 
 
-def _image_hw(image: ImageLike) -> Tuple[int, int]:
+def _image_hw(image: seg_transforms.ImageLike) -> Tuple[int, int]:
   if isinstance(image, Image.Image):
     return image.height, image.width
   return tuple(image.shape[:2])
@@ -338,8 +264,8 @@ def _sources(config):
 def _train_fn(crop_size, scale_range):
   def transform(example, rng, slot):
     image, label, _ = example
-    train_transform(image, label, rng, crop_size, scale_range, slot['image'],
-                    slot['label'])
+    seg_transforms.train_transform(image, label, rng, crop_size, scale_range,
+                                   slot['image'], slot['label'])
   return transform
 
 
@@ -351,7 +277,8 @@ def _eval_fn(eval_size, label_shape):
       raise LabelError(
           f'{name}: {h}x{w} is larger than the size {label_shape} read from '
           'the file headers at start-up.')
-    eval_transform(image, label, eval_size, slot['image'], slot['label'])
+    seg_transforms.eval_transform(image, label, eval_size, slot['image'],
+                                  slot['label'])
     slot['label_hw'] = (h, w)
   return transform
 
