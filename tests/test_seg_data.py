@@ -313,16 +313,17 @@ def test_train_transform_matches_resize_pad_crop_flip():
 
 
 def test_row_normalize_is_bit_identical():
-  """seg_transforms.normalize_into writes what data_lib.normalize_into does,
-  into windows of a slot and from flipped (strided) images."""
+  """data_lib.normalize_into's row path writes what the per-pixel broadcast
+  (data_lib.normalize) gives, into windows of a slot and from flipped
+  (strided) images."""
   rng = np.random.default_rng(0)
   image = rng.integers(0, 256, (9, 13, 3), dtype=np.uint8)
   for src in (image, image[:, ::-1], image[:5, 2:11]):
     h, w = src.shape[:2]
     fast = np.full((12, 16, 3), 7.0, np.float32)
     ref = fast.copy()
-    seg_transforms.normalize_into(fast[1:1 + h, 3:3 + w], src)
-    data_lib.normalize_into(ref[1:1 + h, 3:3 + w], src)
+    data_lib.normalize_into(fast[1:1 + h, 3:3 + w], src)
+    ref[1:1 + h, 3:3 + w] = data_lib.normalize(src)
     np.testing.assert_array_equal(fast, ref)  # Bits, and nothing outside.
     assert fast.tobytes() == ref.tobytes()
 

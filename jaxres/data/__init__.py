@@ -49,7 +49,7 @@ import concurrent.futures
 import dataclasses
 import functools
 import os
-from typing import Callable, Iterator, Tuple
+from typing import Callable, Iterator, Optional, Tuple
 
 import numpy as np
 
@@ -80,13 +80,45 @@ def normalize(images: np.ndarray) -> np.ndarray:
   return (np.asarray(images).astype(np.float32) - _MEAN) / _STD
 
 
+@functools.lru_cache(maxsize=64)
+def _channel_rows(width: int) -> Tuple[np.ndarray, np.ndarray]:
+  """float32 [width * 3] ImageNet mean and std, repeated per pixel."""
+  return np.tile(_MEAN, width), np.tile(_STD, width)
+
+
+def _rows(dst: np.ndarray) -> Optional[np.ndarray]:
+  """dst [h, w, 3] as an [h, w * 3] view, if its pixels are contiguous in rows."""
+  rows = dst.view()
+  try:
+    rows.shape = (dst.shape[0], dst.shape[1] * 3)  # A view, never a copy.
+  except AttributeError:
+    return None
+  return rows
+
+
 def normalize_into(dst: np.ndarray, image) -> None:
-  """dst[...] = normalize(image), without a temporary for float32 dst."""
-  if dst.dtype == np.float32:
-    np.subtract(np.asarray(image), _MEAN, out=dst, casting='unsafe')
-    dst /= _STD
-  else:
+  """dst[...] = normalize(image), without a temporary for float32 dst.
+
+  For a uint8 [h, w, 3] image and a float32 dst whose pixels are contiguous
+  within a row (a batch slot, or a window of one), it works on rows of
+  w * 3 values against a repeated mean/std instead of broadcasting a
+  3-vector per pixel, which numpy runs about ten times slower; the float32
+  operations, and so the bits, are the same.
+  """
+  image = np.asarray(image)
+  if dst.dtype != np.float32:
     dst[...] = normalize(image)
+    return
+  rows = (_rows(dst) if dst.ndim == 3 and dst.shape[-1] == 3
+          and image.dtype == np.uint8 and image.shape == dst.shape else None)
+  if rows is None:
+    np.subtract(image, _MEAN, out=dst, casting='unsafe')
+    dst /= _STD
+    return
+  mean, std = _channel_rows(dst.shape[1])
+  np.copyto(rows, image.reshape(rows.shape), casting='unsafe')  # Exact.
+  rows -= mean
+  rows /= std
 
 
 @dataclasses.dataclass

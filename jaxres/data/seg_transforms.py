@@ -6,12 +6,10 @@ the batch arrays (batching.py). The image is resized as a PIL image and
 becomes a numpy array once, after the resize; the label is indexed as uint8
 and widened to int32 only when written into its slot.
 
-``normalize_into`` writes ImageNet-normalised float32 pixels with the same
-float32 operations as ``jaxres.data.normalize_into`` (so bit for bit the
-same values), over rows of width * 3 values instead of broadcasting a
-3-vector per pixel, which numpy runs about ten times slower.
+Pixels are normalised straight into their slot by
+``jaxres.data.normalize_into`` (rows of width * 3 values, not a 3-vector
+broadcast per pixel, which numpy runs about ten times slower).
 """
-import functools
 from typing import Optional, Tuple, Union
 
 import numpy as np
@@ -25,35 +23,6 @@ ImageLike = Union[Image.Image, np.ndarray]
 
 def _pil(image: ImageLike) -> Image.Image:
   return image if isinstance(image, Image.Image) else Image.fromarray(image)
-
-
-@functools.lru_cache(maxsize=64)
-def _channel_rows(width: int) -> Tuple[np.ndarray, np.ndarray]:
-  """float32 [width * 3] ImageNet mean and std, repeated per pixel."""
-  # pylint: disable=protected-access
-  return np.tile(data_lib._MEAN, width), np.tile(data_lib._STD, width)
-
-
-def normalize_into(dst: np.ndarray, image: np.ndarray) -> None:
-  """dst[...] = (float32(image) - mean) / std for uint8 [h, w, 3] ``image``.
-
-  ``dst``: float32 [h, w, 3] whose pixels are contiguous within a row (a
-  slot, or a window of rows and columns of one). Bit for bit what
-  ``jaxres.data.normalize_into`` writes.
-  """
-  h, w = dst.shape[:2]
-  rows = dst.view()
-  try:
-    rows.shape = (h, w * 3)  # A view, never a copy.
-  except AttributeError:
-    rows = None
-  if rows is None or image.dtype != np.uint8 or dst.dtype != np.float32:
-    data_lib.normalize_into(dst, image)
-    return
-  mean, std = _channel_rows(w)
-  np.copyto(rows, image.reshape(h, w * 3), casting='unsafe')  # Exact.
-  rows -= mean
-  rows /= std
 
 
 def train_transform(image: ImageLike, label: np.ndarray,
@@ -99,7 +68,7 @@ def train_transform(image: ImageLike, label: np.ndarray,
     cols = slice(cw - vw, cw)
   else:
     cols = slice(0, vw)
-  normalize_into(out_image[:vh, cols], img)
+  data_lib.normalize_into(out_image[:vh, cols], img)
   out_label[:vh, cols] = lab
 
 
@@ -113,9 +82,9 @@ def eval_transform(image: ImageLike, label: np.ndarray,
   """
   h, w = label.shape
   if eval_size is None:
-    normalize_into(out_image[:h, :w], np.asarray(image))
+    data_lib.normalize_into(out_image[:h, :w], np.asarray(image))
   else:
     eh, ew = eval_size
     resized = np.asarray(_pil(image).resize((ew, eh), Image.BILINEAR))
-    normalize_into(out_image, resized)
+    data_lib.normalize_into(out_image, resized)
   out_label[:h, :w] = label
