@@ -52,7 +52,7 @@ def segment(model: inference.InferenceModel, config,
             alpha: float = 0.5) -> list[str]:
   """Writes a mask and an overlay PNG per image; returns their paths."""
   from jaxres import visualize  # pylint: disable=g-import-not-at-top
-  from jaxres.data import segmentation as seg_data  # pylint: disable=g-import-not-at-top
+  from jaxres.data import seg_transforms  # pylint: disable=g-import-not-at-top
   eval_size = config.get('eval_size')
   eval_size = None if eval_size is None else _hw(eval_size)
   multiple = config.get('eval_pad_multiple', 32)
@@ -66,7 +66,7 @@ def segment(model: inference.InferenceModel, config,
     # Padded sizes bound the number of compilations for mixed sizes.
     out_shape = (_round_up(h, multiple), _round_up(w, multiple))
     x = np.zeros((1, *(eval_size or out_shape), 3), np.float32)
-    seg_data.eval_transform(rgb, np.zeros((h, w), np.uint8), eval_size, x[0],
+    seg_transforms.eval_transform(rgb, np.zeros((h, w), np.uint8), eval_size, x[0],
                             np.zeros(out_shape, np.int32))
     # Resized input: scale the logits to (h, w). Full resolution: the image
     # already sits top-left in the padded input, so the scale is 1.

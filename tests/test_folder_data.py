@@ -11,6 +11,7 @@ from configs import common
 import jaxres.data as data_lib
 from jaxres.data import errors
 from jaxres.data import folder
+from jaxres.data import image_folder
 
 CLASSES = ('cat', 'dog', 'emu')  # Drawn red, green and blue respectively.
 IMAGE_SIZE = 16
@@ -162,7 +163,7 @@ def test_eval_covers_every_example_once(root, process_count):
             for key in ('image', 'label', 'mask')}
   real = merged['mask'] == 1
   assert real.sum() == 6 and not merged['mask'][6:].any()
-  val = folder.ImageFolder(root, 'val')
+  val = image_folder.ImageFolder(root, 'val')
   expected = np.stack([folder.load_eval(p, IMAGE_SIZE) for p in val.paths])
   np.testing.assert_allclose(merged['image'][real],
                              data_lib.normalize(expected))
@@ -298,7 +299,7 @@ def test_missing_root_split_or_class_folders(tmp_path):
 def test_class_folders_must_match(tmp_path):
   root = _make_folder(tmp_path, sizes=(('train', 2), ('val', 1)))
   os.rename(os.path.join(root, 'val', 'emu'), os.path.join(root, 'val', 'eel'))
-  with pytest.raises(folder.FolderLayoutError,
+  with pytest.raises(errors.FolderLayoutError,
                      match=r"(?s)only in 'train' \(1\): emu.*"
                      r"only in 'val' \(1\): eel"):
     _datasets(_config(root, batch_size=3))
@@ -333,7 +334,7 @@ def test_symlinked_folders_are_followed_once(tmp_path):
   Image.new('RGB', (12, 12), (0, 200, 0)).save(extra / 'deeper' / 'x.png')
   os.symlink(extra, os.path.join(train, 'dog', 'more'))
   os.symlink(extra, os.path.join(train, 'dog', 'more_again'))
-  listing = folder.ImageFolder(root, 'train')
+  listing = image_folder.ImageFolder(root, 'train')
   assert len(listing) == 19  # 18 files, plus the linked outside one once.
   np.testing.assert_array_equal(np.bincount(listing.labels), [6, 7, 6])
   assert len(set(map(os.path.realpath, listing.paths))) == 19
