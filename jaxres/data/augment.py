@@ -304,10 +304,28 @@ def apply_policy(image, seed, augment: Augment):
 # ----------------------------------------------------------------------------
 
 
+@functools.lru_cache(maxsize=8)
+def channel_planes(height: int, width: int):
+  """float32 [H, W, 3] ImageNet mean and std, one value per pixel."""
+  shape = (height, width, 3)
+  return tuple(np.broadcast_to(np.asarray(v, np.float32), shape).copy()
+               for v in (data_lib.MEAN_RGB, data_lib.STDDEV_RGB))
+
+
 def normalize(image):
+  """float32 (image - mean) / std.
+
+  For a static [H, W, 3] shape the mean and std are whole planes: the same
+  float32 subtract and divide, bit for bit, as broadcasting [3], which
+  TensorFlow runs several times slower.
+  """
   tf = _tf()
-  return (tf.cast(image, tf.float32) - tf.constant(data_lib.MEAN_RGB)) / (
-      tf.constant(data_lib.STDDEV_RGB))
+  image = tf.cast(image, tf.float32)
+  if image.shape.rank == 3 and image.shape.is_fully_defined():
+    mean, std = channel_planes(image.shape[0], image.shape[1])
+  else:
+    mean, std = data_lib.MEAN_RGB, data_lib.STDDEV_RGB
+  return (image - tf.constant(mean)) / tf.constant(std)
 
 
 def augment_and_normalize(image, seed, augment: Augment):
