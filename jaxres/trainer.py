@@ -32,6 +32,7 @@ from jaxres import durations as durations_lib
 from jaxres import optim
 from jaxres import progress as progress_lib
 from jaxres import tasks
+from jaxres import tensorboard_writer
 from jaxres import train_state
 from jaxres import workdir as workdir_lib
 from jaxres.sharding import DataParallel
@@ -49,11 +50,12 @@ def _write_text(path: epath.Path, text: str):
 
 
 def _writer(logdir: epath.Path):
-  """TensorBoard only (the loop logs its own console lines), process 0 only."""
-  from clu import metric_writers  # pylint: disable=g-import-not-at-top
+  """TensorBoard only (the loop logs its own console lines), process 0 only.
+
+  Written without TensorFlow (tensorboard_writer.py)."""
   if jax.process_index() > 0:
-    return metric_writers.MultiWriter([])
-  return metric_writers.AsyncWriter(metric_writers.SummaryWriter(str(logdir)))
+    return tensorboard_writer.NullWriter()
+  return tensorboard_writer.SummaryWriter(str(logdir))
 
 
 def _log_parameters(params, model_name: str, workdir: epath.Path):

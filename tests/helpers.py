@@ -16,14 +16,19 @@ def xla_cache_dir() -> str:
   return os.environ.get('JAXRES_TEST_XLA_CACHE', '')
 
 
-def env(devices: int = 1):
+NO_TENSORFLOW = os.path.join(ROOT, 'tests', 'no_tensorflow')
+
+
+def env(devices: int = 1, without_tensorflow: bool = False):
+  """A subprocess's environment; `without_tensorflow`: importing it fails."""
   e = dict(os.environ)
   # Tiny models: XLA's backend optimisations cost more compile time than
   # they save at run time.
   e['XLA_FLAGS'] = (f'--xla_force_host_platform_device_count={devices} '
                     '--xla_backend_optimization_level=0')
   e['TF_CPP_MIN_LOG_LEVEL'] = '2'
-  e['PYTHONPATH'] = ROOT
+  e['PYTHONPATH'] = (NO_TENSORFLOW + os.pathsep + ROOT if without_tensorflow
+                     else ROOT)
   e['JAX_PLATFORMS'] = 'cpu'
   return e
 
@@ -33,9 +38,10 @@ def main_cmd(workdir, *extra, base=TINY):
           *base, *extra]
 
 
-def run_main(workdir, *extra, devices=1, check=True, timeout=300, base=TINY):
+def run_main(workdir, *extra, devices=1, check=True, timeout=300, base=TINY,
+             without_tensorflow=False):
   proc = subprocess.run(main_cmd(workdir, *extra, base=base), cwd=ROOT,
-                        env=env(devices),
+                        env=env(devices, without_tensorflow),
                         capture_output=True, text=True, timeout=timeout)
   if check and proc.returncode != 0:
     raise AssertionError(f'main failed ({proc.returncode}):\n{proc.stderr[-4000:]}')

@@ -120,15 +120,28 @@ def test_main_on_mock_imagenet(tmp_path):
 
 
 def test_quickstart_learns(tmp_path):
-  """The README quickstart at reduced size: far above chance (10%)."""
+  """The README quickstart at reduced size: far above chance (10%).
+
+  It runs with TensorFlow made unimportable (generated data and TensorBoard
+  files need none), and its TensorBoard file holds what the log says.
+  """
+  from tensorboard.backend.event_processing import event_accumulator  # pylint: disable=g-import-not-at-top
   from tests import helpers  # pylint: disable=g-import-not-at-top
   proc = helpers.run_main(
       str(tmp_path), '--config.shapes_train_size=3840',
       '--config.shapes_eval_size=500', '--config.num_train_epochs=3',
-      '--config.compilation_cache_dir=', base=('--config=configs/quickstart.py',))
+      '--config.compilation_cache_dir=', base=('--config=configs/quickstart.py',),
+      without_tensorflow=True)
   line = [l for l in proc.stderr.splitlines() if 'eval @ step 90' in l][-1]
   top1 = float(line.split('top-1 ')[1].split()[0])
   assert top1 > 0.6, line
+
+  events = event_accumulator.EventAccumulator(str(tmp_path))
+  events.Reload()
+  written = events.Scalars('eval_top1')
+  assert [e.step for e in written] == [90]
+  assert abs(written[0].value - top1) < 1e-4
+  assert len(events.Scalars('loss')) > 1  # Every log_every_steps.
 
 
 def test_init_from_a_training_checkpoint(tmp_path, capsys):
