@@ -283,6 +283,9 @@ def setup_jax(args, jr):
   # jaxres's convolution choices for this platform (JAXRES_*_IMPL).
   out['depthwise_impl'] = layers.depthwise_impl()
   out['pointwise_impl'] = layers.pointwise_impl()
+  out['conv_filter_grad_impl'] = layers.conv_filter_grad_impl()
+  out['maxpool_impl'] = layers.maxpool_impl()
+  out['batchnorm_impl'] = layers.batchnorm_impl()
   # Cold compile: the persistent cache must not serve this process.
   jax.config.update('jax_enable_compilation_cache', False)
 

@@ -79,6 +79,15 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
            else all(tuple(p) == (0, 0) for p in padding))
       and all(d == 1 for d in (lhs_dilation or (1, 1))))
   if not pointwise or pointwise_impl() != 'dot':
+    if (not pointwise and lhs.ndim == 4 and dn == _NHWC
+        and feature_group_count == 1 and not kwargs and precision is None
+        and all(d == 1 for d in (lhs_dilation or (1, 1)))
+        and conv_filter_grad_impl() == 'im2col'):
+      pads = _explicit_padding(padding, lhs.shape[1:3], rhs.shape[:2],
+                               window_strides, rhs_dilation or (1, 1))
+      return conv_im2col_grad(lhs, rhs, tuple(window_strides),
+                              tuple(tuple(p) for p in pads),
+                              tuple(rhs_dilation or (1, 1)))
     return lax.conv_general_dilated(
         lhs, rhs, window_strides, padding, lhs_dilation=lhs_dilation,
         rhs_dilation=rhs_dilation, dimension_numbers=dimension_numbers,
@@ -122,6 +131,97 @@ def _pointwise_matmul_bwd(residuals, g):
 
 
 pointwise_matmul.defvjp(_pointwise_matmul_fwd, _pointwise_matmul_bwd)
+
+
+# ---------------------------------------------------------------------------
+# Filter gradient of a k x k convolution: on CPU an explicit im2col matmul.
+# ---------------------------------------------------------------------------
+
+CONV_FILTER_GRAD_IMPLS = ('auto', 'im2col', 'xla')
+# 'auto': on CPU the kernel gradient of a k x k (k > 1) NHWC convolution with
+# one group is computed as one matrix product: the k*k shifted (strided,
+# dilated) slices of the input concatenated on the channel axis, [pixels,
+# k*k*Cin] in NHWC order, against the output gradient [pixels, Cout]. XLA:CPU
+# otherwise runs it as a convolution with one operand transposed to
+# [Cin, H, W, N] (experiments/BENCHMARKS.md). Forward and input gradient stay
+# XLA's convolution. Elsewhere ('xla') XLA's own filter gradient. Overridden
+# by JAXRES_CONV_FILTER_GRAD_IMPL at import, or this variable before tracing.
+CONV_FILTER_GRAD_IMPL = os.environ.get('JAXRES_CONV_FILTER_GRAD_IMPL', 'auto')
+
+
+def conv_filter_grad_impl(impl: Optional[str] = None) -> str:
+  """Resolves 'auto' (or None: the module setting) to 'im2col' or 'xla'."""
+  impl = impl or CONV_FILTER_GRAD_IMPL
+  if impl not in CONV_FILTER_GRAD_IMPLS:
+    raise ValueError(f'Unknown convolution filter-gradient implementation '
+                     f'{impl!r}; known: {", ".join(CONV_FILTER_GRAD_IMPLS)}.')
+  if impl == 'auto':
+    return 'im2col' if jax.default_backend() == 'cpu' else 'xla'
+  return impl
+
+
+def _xla_conv(x, kernel, strides, pads, dilation):
+  return lax.conv_general_dilated(x, kernel, strides, pads,
+                                  rhs_dilation=dilation,
+                                  dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+
+
+def im2col_rows(x, kernel_hw, strides, pads, dilation):
+  """Per kernel row i, [B, OH, OW, kw*C]: the conv's input windows of that
+  row, tap-major then channel (HWIO order), NHWC-contiguous."""
+  kh, kw = kernel_hw
+  (sh, sw), (dh, dw) = strides, dilation
+  x = lax.pad(x, jnp.zeros((), x.dtype),
+              ((0, 0, 0), tuple(pads[0]) + (0,), tuple(pads[1]) + (0,),
+               (0, 0, 0)))
+  b, h, w, c = x.shape
+  oh = (h - dh * (kh - 1) - 1) // sh + 1
+  ow = (w - dw * (kw - 1) - 1) // sw + 1
+  return [jnp.concatenate(
+      [lax.slice(x, (0, i * dh, j * dw, 0),
+                 (b, i * dh + (oh - 1) * sh + 1, j * dw + (ow - 1) * sw + 1,
+                  c), (1, sh, sw, 1)) for j in range(kw)], axis=-1)
+          for i in range(kh)]
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
+def conv_im2col_grad(x, kernel, strides, pads, dilation):
+  """XLA's NHWC/HWIO convolution; its kernel gradient an im2col matmul."""
+  return _xla_conv(x, kernel, strides, pads, dilation)
+
+
+def _conv_im2col_fwd(x, kernel, strides, pads, dilation):
+  return _xla_conv(x, kernel, strides, pads, dilation), (x, kernel)
+
+
+def _conv_im2col_bwd(strides, pads, dilation, residuals, g):
+  x, kernel = residuals
+  _, vjp_x = jax.vjp(
+      lambda x: _xla_conv(x, kernel, strides, pads, dilation), x)
+  dx, = vjp_x(g)
+  kh, kw, cin, cout = kernel.shape
+  acc = jnp.promote_types(g.dtype, jnp.float32)
+  # One matmul per kernel row, [Cout, pixels] @ [pixels, kw*Cin]: the output
+  # gradient is the operand transposed to [Cout, pixels] (it has the fewer
+  # channels), the patches are read in NHWC order. With few output channels
+  # that transpose is done once, explicitly, for the kh products (measured
+  # per layer: better up to 128 output channels, worse at 512).
+  pixels = (((0, 1, 2), (0, 1, 2)), ((), ()))
+  gt = g.reshape(-1, cout).T if cout <= 128 else None
+  rows = []
+  for patches in im2col_rows(x, (kh, kw), strides, pads, dilation):
+    if gt is None:
+      rows.append(lax.dot_general(g, patches, pixels,
+                                  preferred_element_type=acc))
+    else:
+      rows.append(lax.dot_general(gt, patches.reshape(-1, kw * cin),
+                                  (((1,), (0,)), ((), ())),
+                                  preferred_element_type=acc))
+  dk = jnp.concatenate(rows, axis=1).T.reshape(kh, kw, cin, cout)
+  return dx, dk.astype(kernel.dtype)
+
+
+conv_im2col_grad.defvjp(_conv_im2col_fwd, _conv_im2col_bwd)
 
 
 def make_conv(dtype: Dtype, param_dtype: Dtype = jnp.float32,
@@ -268,11 +368,125 @@ def make_depthwise_conv(dtype: Dtype, param_dtype: Dtype = jnp.float32,
       kernel_init=kernel_init)
 
 
+# ---------------------------------------------------------------------------
+# BatchNorm: in training on CPU, statistics and gradient written by hand.
+# ---------------------------------------------------------------------------
+
+BATCHNORM_IMPLS = ('auto', 'fused', 'flax')
+# 'auto': on CPU a BatchNorm in training (batch statistics) computes its
+# forward as flax does (one pass for the sum and the sum of squares, variance
+# E[x^2] - E[x]^2 clipped at 0) and its gradient by hand:
+#   dx = scale * rstd * (dy - mean(dy) - xhat * mean(dy * xhat)),
+#   dscale = sum(dy * xhat), dbias = sum(dy),
+# the two sums in one pass over dy and x, instead of the chain of reductions
+# and broadcasts autodiff makes of flax's arithmetic (measured 1.4x faster
+# for BatchNorm + ReLU forward + backward at 16x56x56x64). Elsewhere ('flax')
+# flax's own. Eval mode (running averages) is flax's either way. Overridden
+# by JAXRES_BATCHNORM_IMPL at import, or this variable before tracing.
+BATCHNORM_IMPL = os.environ.get('JAXRES_BATCHNORM_IMPL', 'auto')
+
+
+def batchnorm_impl(impl: Optional[str] = None) -> str:
+  """Resolves 'auto' (or None: the module setting) to 'fused' or 'flax'."""
+  impl = impl or BATCHNORM_IMPL
+  if impl not in BATCHNORM_IMPLS:
+    raise ValueError(f'Unknown BatchNorm implementation {impl!r}; known: '
+                     f'{", ".join(BATCHNORM_IMPLS)}.')
+  if impl == 'auto':
+    return 'fused' if jax.default_backend() == 'cpu' else 'flax'
+  return impl
+
+
+def _bn_stats(x):
+  axes = tuple(range(x.ndim - 1))
+  n = x.size // x.shape[-1]
+  # The same arithmetic as flax's _compute_stats (use_fast_variance).
+  mean = jnp.sum(x, axes) / n
+  mean2 = jnp.sum(x * x, axes) / n
+  return mean, jnp.maximum(0.0, mean2 - mean * mean)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def batch_norm_train(x, scale, bias, epsilon):
+  """BatchNorm over all but the last axis with batch statistics.
+
+  x in float32 (or wider); returns (y, mean, var), var the biased variance.
+  """
+  return _batch_norm_train_fwd(x, scale, bias, epsilon)[0]
+
+
+def _batch_norm_train_fwd(x, scale, bias, epsilon):
+  mean, var = _bn_stats(x)
+  rstd = lax.rsqrt(var + epsilon)
+  # Same order as flax's _normalize: (x - mean) * (rsqrt(var + eps) * scale).
+  y = (x - mean) * (rstd * scale) + bias
+  return (y, mean, var), (x, mean, rstd, scale)
+
+
+def _batch_norm_train_bwd(epsilon, residuals, cotangents):
+  del epsilon
+  x, mean, rstd, scale = residuals
+  dy, dmean, dvar = cotangents
+  axes = tuple(range(x.ndim - 1))
+  n = x.size // x.shape[-1]
+  centred = x - mean
+  xhat = centred * rstd
+  dbias = jnp.sum(dy, axes)
+  dscale = jnp.sum(dy * xhat, axes)
+  dx = (scale * rstd) * (dy - dbias / n - xhat * (dscale / n))
+  # The statistics' own cotangents (zero when they only feed the running
+  # averages, as in training).
+  dx = dx + dmean / n + dvar * (2.0 / n) * centred
+  return dx, dscale, dbias
+
+
+batch_norm_train.defvjp(_batch_norm_train_fwd, _batch_norm_train_bwd)
+
+
+class BatchNorm(nn.BatchNorm):
+  """flax.linen.BatchNorm; in training, on CPU, batch_norm_train's gradient.
+
+  The same fields, variables (params 'scale', 'bias'; batch_stats 'mean',
+  'var'), initial values and running-average update as nn.BatchNorm. The
+  hand-written form is used only where it is the same function: feature axis
+  last, no axis_name / mask, float32-or-wider statistics; anything else, eval
+  mode, and BATCHNORM_IMPL='flax' run nn.BatchNorm itself.
+  """
+
+  @nn.compact
+  def __call__(self, x, use_running_average: Optional[bool] = None, *,
+               mask: Optional[jnp.ndarray] = None):
+    if (nn.merge_param('use_running_average', self.use_running_average,
+                       use_running_average)
+        or mask is not None or self.axis_name is not None
+        or self.axis not in (-1, x.ndim - 1)
+        or not (self.use_scale and self.use_bias)
+        or not self.use_fast_variance or not self.force_float32_reductions
+        or batchnorm_impl() != 'fused'):
+      return super().__call__(x, use_running_average, mask=mask)
+    features = (x.shape[-1],)
+    ra_mean = self.variable('batch_stats', 'mean',
+                            lambda s: jnp.zeros(s, jnp.float32), features)
+    ra_var = self.variable('batch_stats', 'var',
+                           lambda s: jnp.ones(s, jnp.float32), features)
+    scale = self.param('scale', self.scale_init, features, self.param_dtype)
+    bias = self.param('bias', self.bias_init, features, self.param_dtype)
+    stats_dtype = jnp.promote_types(self.dtype or x.dtype, jnp.float32)
+    y, mean, var = batch_norm_train(
+        x.astype(stats_dtype), scale.astype(stats_dtype),
+        bias.astype(stats_dtype), self.epsilon)
+    if not self.is_initializing():
+      ra_mean.value = self.momentum * ra_mean.value + (1 - self.momentum) * mean
+      ra_var.value = self.momentum * ra_var.value + (1 - self.momentum) * var
+    out_dtype = nn.dtypes.canonicalize_dtype(x, scale, bias, dtype=self.dtype)
+    return y.astype(out_dtype)
+
+
 def make_norm(train: bool, dtype: Dtype,
               param_dtype: Dtype = jnp.float32) -> Callable[..., nn.BatchNorm]:
   # No axis_name: training is SPMD jit over a mesh, the batch mean is global.
   return functools.partial(
-      nn.BatchNorm, use_running_average=not train, momentum=0.9, epsilon=1e-5,
+      BatchNorm, use_running_average=not train, momentum=0.9, epsilon=1e-5,
       dtype=dtype, param_dtype=param_dtype)
 
 
@@ -286,9 +500,98 @@ def drop_path(x: jnp.ndarray, rate: float, rng) -> jnp.ndarray:
   return jnp.where(mask, x / keep, 0).astype(x.dtype)
 
 
+# ---------------------------------------------------------------------------
+# Max pooling: on CPU its gradient as taps.
+# ---------------------------------------------------------------------------
+
+MAXPOOL_IMPLS = ('auto', 'taps', 'xla')
+# 'auto': on CPU the gradient of a max pool is computed from the window's
+# taps: tap t (row-major window order) takes the output gradient where it
+# equals the output and no earlier tap did (the first maximum, as XLA's
+# select-and-scatter and PyTorch pick), and the taps' strided slices are
+# transposed back as pads that XLA fuses into one loop. XLA:CPU otherwise
+# lowers the gradient as a variadic reduce-window carrying four s32 index
+# arrays the size of the input, then a scatter (~10 % of the ResNet-18 step).
+# The forward is XLA's reduce-window either way. Elsewhere ('xla') XLA's own
+# gradient. Overridden by JAXRES_MAXPOOL_IMPL at import, or this variable
+# before a step is traced.
+MAXPOOL_IMPL = os.environ.get('JAXRES_MAXPOOL_IMPL', 'auto')
+
+
+def maxpool_impl(impl: Optional[str] = None) -> str:
+  """Resolves 'auto' (or None: the module setting) to 'taps' or 'xla'."""
+  impl = impl or MAXPOOL_IMPL
+  if impl not in MAXPOOL_IMPLS:
+    raise ValueError(f'Unknown max pool implementation {impl!r}; known: '
+                     f'{", ".join(MAXPOOL_IMPLS)}.')
+  if impl == 'auto':
+    return 'taps' if jax.default_backend() == 'cpu' else 'xla'
+  return impl
+
+
+def _reduce_window_max(x, window, strides, pads):
+  return lax.reduce_window(x, -jnp.inf, lax.max, (1,) + window + (1,),
+                           (1,) + strides + (1,),
+                           ((0, 0),) + pads + ((0, 0),))
+
+
+def _pool_taps(xp, window, strides, out_hw):
+  b, _, _, c = xp.shape
+  (oh, ow), (sh, sw) = out_hw, strides
+  return [lax.slice(xp, (0, i, j, 0),
+                    (b, i + (oh - 1) * sh + 1, j + (ow - 1) * sw + 1, c),
+                    (1, sh, sw, 1))
+          for i in range(window[0]) for j in range(window[1])]
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3))
+def max_pool_taps_grad(x, window, strides, pads):
+  """NHWC max pool (-inf padding); its gradient computed from taps."""
+  return _reduce_window_max(x, window, strides, pads)
+
+
+def _max_pool_fwd(x, window, strides, pads):
+  y = _reduce_window_max(x, window, strides, pads)
+  return y, (x, y)
+
+
+def _max_pool_bwd(window, strides, pads, residuals, g):
+  x, y = residuals
+  pad_cfg = ((0, 0, 0),) + tuple(p + (0,) for p in pads) + ((0, 0, 0),)
+  xp = lax.pad(x, jnp.array(-jnp.inf, x.dtype), pad_cfg)
+  taps_fn = functools.partial(_pool_taps, window=window, strides=strides,
+                              out_hw=y.shape[1:3])
+  found = None
+  cotangents = []
+  for tap in taps_fn(xp):
+    hit = tap == y
+    if found is not None:
+      hit = hit & ~found
+    found = hit if found is None else found | hit
+    cotangents.append(jnp.where(hit, g, jnp.zeros((), g.dtype)))
+  _, transpose = jax.vjp(taps_fn, xp)
+  dxp, = transpose(cotangents)
+  (pt, _), (pl, _) = pads
+  return (lax.slice(dxp, (0, pt, pl, 0), (x.shape[0], pt + x.shape[1],
+                                          pl + x.shape[2], x.shape[3])),)
+
+
+max_pool_taps_grad.defvjp(_max_pool_fwd, _max_pool_bwd)
+
+
+def max_pool(x: jnp.ndarray, window: Tuple[int, int], strides: Tuple[int, int],
+             pads: Tuple[Tuple[int, int], Tuple[int, int]]) -> jnp.ndarray:
+  """nn.max_pool on NHWC with explicit padding; see MAXPOOL_IMPL."""
+  window, strides = tuple(window), tuple(strides)
+  pads = tuple(tuple(p) for p in pads)
+  if maxpool_impl() == 'taps' and jnp.issubdtype(x.dtype, jnp.floating):
+    return max_pool_taps_grad(x, window, strides, pads)
+  return nn.max_pool(x, window, strides=strides, padding=pads)
+
+
 def max_pool_3x3_s2(x: jnp.ndarray) -> jnp.ndarray:
   """torchvision ResNet stem pool: 3x3, stride 2, padding 1 (pads with -inf)."""
-  return nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+  return max_pool(x, (3, 3), (2, 2), ((1, 1), (1, 1)))
 
 
 def max_pool_3x3_s2_ceil(x: jnp.ndarray) -> jnp.ndarray:
@@ -297,7 +600,7 @@ def max_pool_3x3_s2_ceil(x: jnp.ndarray) -> jnp.ndarray:
   for size in x.shape[1:3]:
     out = -(-(size - 3) // 2) + 1
     pads.append((0, max((out - 1) * 2 + 3 - size, 0)))
-  return nn.max_pool(x, (3, 3), strides=(2, 2), padding=tuple(pads))
+  return max_pool(x, (3, 3), (2, 2), tuple(pads))
 
 
 def global_avg_pool(x: jnp.ndarray) -> jnp.ndarray:

@@ -43,7 +43,7 @@ class VGG(nn.Module):
     index = 0  # Position in torchvision's `features` Sequential.
     for i, num_convs in enumerate(self.stage_sizes):
       if i > 0:
-        x = nn.max_pool(x, (2, 2), strides=(2, 2))
+        x = layers.max_pool(x, (2, 2), (2, 2), ((0, 0), (0, 0)))
         index += 1
       for _ in range(num_convs):
         x = nn.relu(conv(self.width * min(2**i, 8), name=f'features_{index}')(x))
@@ -52,7 +52,7 @@ class VGG(nn.Module):
 
     if self.num_classes is None:
       return features
-    x = nn.max_pool(x, (2, 2), strides=(2, 2))
+    x = layers.max_pool(x, (2, 2), (2, 2), ((0, 0), (0, 0)))
     x = layers.adaptive_avg_pool(x, (7, 7))
     x = x.reshape(x.shape[0], -1)
     dense = functools.partial(
