@@ -43,20 +43,28 @@ class InputSpec(NamedTuple):
 
 @contextlib.contextmanager
 def portable_convolutions():
-  """Traces depthwise and 1x1 convolutions as XLA/ONNX convolution ops.
+  """Traces the models with XLA's / flax's own ops, not jaxres's CPU forms.
 
-  On CPU jaxres computes a depthwise convolution as a sum of shifted taps and
-  a 1x1 convolution as a matrix product (faster to train there, equal to
-  1e-7; see jaxres.models.layers). An exported graph may run anywhere, so it
-  gets the standard grouped / 1x1 convolutions, as on GPU and TPU. The parity
-  check compares against jaxres's own CPU forms.
+  On CPU jaxres computes a depthwise convolution as a sum of shifted taps, a
+  1x1 convolution as a matrix product and the max pool through a custom
+  gradient (faster to train there; see jaxres.models.layers). An exported
+  graph may run anywhere, so it gets the standard grouped / 1x1 convolutions
+  and a plain max pool, as on GPU and TPU (ONNX Runtime rejects the custom
+  max pool's padded window). The kernel-gradient and BatchNorm forms touch
+  only training; they are switched too, so the graph is what a GPU traces.
+  The parity check compares against jaxres's own CPU forms.
   """
-  saved = layers.DEPTHWISE_IMPL, layers.POINTWISE_IMPL
-  layers.DEPTHWISE_IMPL, layers.POINTWISE_IMPL = 'grouped', 'conv'
+  names = ('DEPTHWISE_IMPL', 'POINTWISE_IMPL', 'MAXPOOL_IMPL',
+           'CONV_FILTER_GRAD_IMPL', 'BATCHNORM_IMPL')
+  portable = ('grouped', 'conv', 'xla', 'xla', 'flax')
+  saved = [getattr(layers, name) for name in names]
+  for name, value in zip(names, portable):
+    setattr(layers, name, value)
   try:
     yield
   finally:
-    layers.DEPTHWISE_IMPL, layers.POINTWISE_IMPL = saved
+    for name, value in zip(names, saved):
+      setattr(layers, name, value)
 
 
 # ---------------------------------------------------------------------------
