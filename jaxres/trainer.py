@@ -148,7 +148,10 @@ def train_and_evaluate(config: 'ml_collections.ConfigDict', workdir: str,
     writer.close()
     manager.close()
     return metrics
-  with workdir_lib.WorkdirLock(workdir):
+  # Signals are caught from the moment the workdir is this run's: a SIGTERM
+  # during start-up (compiling, restoring) stops the run after its first
+  # step, with a checkpoint and the lock released, like one during training.
+  with workdir_lib.WorkdirLock(workdir), progress_lib.StopSignals() as signals:
     state, restored_step = _start_up(
         config, workdir, manager, abstract, meta,
         fresh=lambda: train_state.run_init(init_state, init_rng),
@@ -188,7 +191,7 @@ def train_and_evaluate(config: 'ml_collections.ConfigDict', workdir: str,
           config, workdir, state, restored_step, phases=phases,
           evaluate=evaluate, train_iter=dp.prefetch(ds.train_iter_fn(
               int(state.step))), manager=manager, meta=meta, writer=writer,
-          rng=step_rng, accuracy_key=task.accuracy_key,
+          rng=step_rng, accuracy_key=task.accuracy_key, signals=signals,
           every=dict(total=total_steps, log=log_every, eval=eval_every,
                      checkpoint=ckpt_every))
     finally:
@@ -308,7 +311,8 @@ def _start_up(config, workdir, manager, abstract, meta, *, fresh=None,
 
 
 def _train_loop(config, workdir, state, last_saved, *, phases, evaluate,
-                train_iter, manager, meta, writer, rng, accuracy_key, every):
+                train_iter, manager, meta, writer, rng, accuracy_key, signals,
+                every):
   """Steps from state.step to every['total']: log, evaluate, save, stop."""
   total_steps = every['total']
   step = int(state.step)
@@ -325,44 +329,43 @@ def _train_loop(config, workdir, state, last_saved, *, phases, evaluate,
     return step
 
   try:
-    with progress_lib.StopSignals() as signals:
-      while step < total_steps:
-        step_fn = next(fn for end, fn in phases if step < end)
-        state, metrics = step_fn(state, next(train_iter), rng)
-        # Keep at most one step queued behind this one, so that a signal
-        # takes effect within a step instead of after a long dispatch queue.
-        jax.block_until_ready(pending)
-        pending = metrics
-        step += 1
-        progress.add(metrics)
+    while step < total_steps:
+      step_fn = next(fn for end, fn in phases if step < end)
+      state, metrics = step_fn(state, next(train_iter), rng)
+      # Keep at most one step queued behind this one, so that a signal
+      # takes effect within a step instead of after a long dispatch queue.
+      jax.block_until_ready(pending)
+      pending = metrics
+      step += 1
+      progress.add(metrics)
 
-        stop = signals.received or (
-            jax.process_count() > 1 and manager.reached_preemption(step))
-        is_last = step == total_steps
-        checkpoint_due = step % every['checkpoint'] == 0 or is_last or stop
-        if step % every['log'] == 0 or checkpoint_due:
-          progress.report(step, last_saved)
-        if step % every['eval'] == 0 or is_last:
-          try:
-            eval_metrics = evaluate(state, step=step, writer=writer)
-          except Exception:
-            if last_saved != step:  # A bad eval image never costs training.
-              progress.check_finite(last_saved)
-              last_saved = save(step)
-            raise
-          _write_text(workdir / METRICS_FILE,
-                      json.dumps({'step': step, 'metrics': eval_metrics}))
-        if checkpoint_due and last_saved != step:
-          last_saved = save(step)
-        if stop and not is_last:
-          manager.wait_until_finished()
-          signum = signals.signum or signal.SIGTERM  # Multi-host: preemption.
-          logging.warning(
-              '%s at step %d: saved checkpoint %d in %s. Run the same command '
-              'to resume from it.', 'Preempted (SIGTERM)'
-              if signum == signal.SIGTERM else 'Interrupted (Ctrl-C)', step,
-              step, workdir / 'checkpoints')
-          raise progress_lib.Interrupted(signum, step)
+      stop = signals.received or (
+          jax.process_count() > 1 and manager.reached_preemption(step))
+      is_last = step == total_steps
+      checkpoint_due = step % every['checkpoint'] == 0 or is_last or stop
+      if step % every['log'] == 0 or checkpoint_due:
+        progress.report(step, last_saved)
+      if step % every['eval'] == 0 or is_last:
+        try:
+          eval_metrics = evaluate(state, step=step, writer=writer)
+        except Exception:
+          if last_saved != step:  # A bad eval image never costs training.
+            progress.check_finite(last_saved)
+            last_saved = save(step)
+          raise
+        _write_text(workdir / METRICS_FILE,
+                    json.dumps({'step': step, 'metrics': eval_metrics}))
+      if checkpoint_due and last_saved != step:
+        last_saved = save(step)
+      if stop and not is_last:
+        manager.wait_until_finished()
+        signum = signals.signum or signal.SIGTERM  # Multi-host: preemption.
+        logging.warning(
+            '%s at step %d: saved checkpoint %d in %s. Run the same command '
+            'to resume from it.', 'Preempted (SIGTERM)'
+            if signum == signal.SIGTERM else 'Interrupted (Ctrl-C)', step,
+            step, workdir / 'checkpoints')
+        raise progress_lib.Interrupted(signum, step)
   finally:
     # Every exit (done, NaN, signal, error) commits the save in flight before
     # anything reports which checkpoint is the latest.

@@ -131,7 +131,7 @@ def test_quickstart_learns(tmp_path):
       str(tmp_path), '--config.shapes_train_size=3840',
       '--config.shapes_eval_size=500', '--config.num_train_epochs=3',
       '--config.compilation_cache_dir=', base=('--config=configs/quickstart.py',),
-      without_tensorflow=True)
+      without_tensorflow=True, fast_compile=False)
   line = [l for l in proc.stderr.splitlines() if 'eval @ step 90' in l][-1]
   top1 = float(line.split('top-1 ')[1].split()[0])
   assert top1 > 0.6, line
