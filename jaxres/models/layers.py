@@ -37,6 +37,20 @@ def padding(kernel_size: int, dilation: int = 1) -> Tuple[Tuple[int, int], ...]:
   return ((p, p), (p, p))
 
 
+def _resolve(what: str, impl: str, choices: Tuple[str, str, str]) -> str:
+  """choices = ('auto', CPU form, XLA's form): 'auto' picks by backend.
+
+  Called at trace time, so the choice follows the default backend of the
+  process; a jitted function keeps the choice it was traced with.
+  """
+  if impl not in choices:
+    raise ValueError(f'Unknown {what} implementation {impl!r}; known: '
+                     f'{", ".join(choices)}.')
+  if impl == 'auto':
+    return choices[1] if jax.default_backend() == 'cpu' else choices[2]
+  return impl
+
+
 # ---------------------------------------------------------------------------
 # Pointwise (1x1) convolution: on CPU a matrix product.
 # ---------------------------------------------------------------------------
@@ -55,13 +69,7 @@ _NHWC = lax.ConvDimensionNumbers((0, 3, 1, 2), (3, 2, 0, 1), (0, 3, 1, 2))
 
 def pointwise_impl(impl: Optional[str] = None) -> str:
   """Resolves 'auto' (or None: the module setting) to 'dot' or 'conv'."""
-  impl = impl or POINTWISE_IMPL
-  if impl not in POINTWISE_IMPLS:
-    raise ValueError(f'Unknown pointwise convolution implementation {impl!r};'
-                     f' known: {", ".join(POINTWISE_IMPLS)}.')
-  if impl == 'auto':
-    return 'dot' if jax.default_backend() == 'cpu' else 'conv'
-  return impl
+  return _resolve('pointwise convolution', impl or POINTWISE_IMPL, POINTWISE_IMPLS)
 
 
 def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
@@ -151,13 +159,7 @@ CONV_FILTER_GRAD_IMPL = os.environ.get('JAXRES_CONV_FILTER_GRAD_IMPL', 'auto')
 
 def conv_filter_grad_impl(impl: Optional[str] = None) -> str:
   """Resolves 'auto' (or None: the module setting) to 'im2col' or 'xla'."""
-  impl = impl or CONV_FILTER_GRAD_IMPL
-  if impl not in CONV_FILTER_GRAD_IMPLS:
-    raise ValueError(f'Unknown convolution filter-gradient implementation '
-                     f'{impl!r}; known: {", ".join(CONV_FILTER_GRAD_IMPLS)}.')
-  if impl == 'auto':
-    return 'im2col' if jax.default_backend() == 'cpu' else 'xla'
-  return impl
+  return _resolve('convolution filter-gradient', impl or CONV_FILTER_GRAD_IMPL, CONV_FILTER_GRAD_IMPLS)
 
 
 def _xla_conv(x, kernel, strides, pads, dilation):
@@ -252,18 +254,9 @@ DEPTHWISE_IMPL = os.environ.get('JAXRES_DEPTHWISE_IMPL', 'auto')
 
 
 def depthwise_impl(impl: Optional[str] = None) -> str:
-  """Resolves 'auto' (or None: the module setting) to 'taps' or 'grouped'.
-
-  Called at trace time, so the choice follows the default backend of the
-  process; a jitted function keeps the choice it was traced with.
-  """
-  impl = impl or DEPTHWISE_IMPL
-  if impl not in DEPTHWISE_IMPLS:
-    raise ValueError(f'Unknown depthwise convolution implementation {impl!r}; '
-                     f'known: {", ".join(DEPTHWISE_IMPLS)}.')
-  if impl == 'auto':
-    return 'taps' if jax.default_backend() == 'cpu' else 'grouped'
-  return impl
+  """Resolves 'auto' (or None: the module setting) to 'taps' or 'grouped'."""
+  return _resolve('depthwise convolution', impl or DEPTHWISE_IMPL,
+                  DEPTHWISE_IMPLS)
 
 
 PaddingLike = Union[str, int, Sequence[Tuple[int, int]]]
@@ -388,13 +381,7 @@ BATCHNORM_IMPL = os.environ.get('JAXRES_BATCHNORM_IMPL', 'auto')
 
 def batchnorm_impl(impl: Optional[str] = None) -> str:
   """Resolves 'auto' (or None: the module setting) to 'fused' or 'flax'."""
-  impl = impl or BATCHNORM_IMPL
-  if impl not in BATCHNORM_IMPLS:
-    raise ValueError(f'Unknown BatchNorm implementation {impl!r}; known: '
-                     f'{", ".join(BATCHNORM_IMPLS)}.')
-  if impl == 'auto':
-    return 'fused' if jax.default_backend() == 'cpu' else 'flax'
-  return impl
+  return _resolve('BatchNorm', impl or BATCHNORM_IMPL, BATCHNORM_IMPLS)
 
 
 def _bn_stats(x):
@@ -520,13 +507,7 @@ MAXPOOL_IMPL = os.environ.get('JAXRES_MAXPOOL_IMPL', 'auto')
 
 def maxpool_impl(impl: Optional[str] = None) -> str:
   """Resolves 'auto' (or None: the module setting) to 'taps' or 'xla'."""
-  impl = impl or MAXPOOL_IMPL
-  if impl not in MAXPOOL_IMPLS:
-    raise ValueError(f'Unknown max pool implementation {impl!r}; known: '
-                     f'{", ".join(MAXPOOL_IMPLS)}.')
-  if impl == 'auto':
-    return 'taps' if jax.default_backend() == 'cpu' else 'xla'
-  return impl
+  return _resolve('max pool', impl or MAXPOOL_IMPL, MAXPOOL_IMPLS)
 
 
 def _reduce_window_max(x, window, strides, pads):
