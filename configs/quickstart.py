@@ -13,7 +13,7 @@ project's 2-core CPU machine (AMD EPYC, AVX2, no AVX-512), quiet (load
 average below 2): 2 min 29 s wall (149.3 s; 256 CPU seconds). The figure is
 reproducible on the same kind of CPU; another instruction set rounds the last
 bits differently and ends elsewhere (README, Quickstart). Earlier figures:
-98.80% in 1 min 6 s on an AVX-512 machine with the code of 2026-12-01; 98.05%
+98.80% in 1 min 6 s on the earlier machine with the code of 2026-12-01; 98.05%
 evaluating every epoch, before that.
 """
 from configs import common

@@ -19,7 +19,7 @@ Measured 2026-12-02 on an AMD EPYC with AVX2 (no AVX-512), with the training
 step's CPU forms of that afternoon: eval mIoU 76.45% (pixel accuracy 97.21%,
 mDice 86.20%); the run shared the 2 cores with the test suite, so its time
 (17 min 51 s) is not the quickstart's. The figure depends on the CPU's
-instruction set (README, Quickstart). Earlier the same day, on an AVX-512
+instruction set (README, Quickstart). Earlier the same day, on the earlier
 machine with the code of the morning (the command above with
 --config.compilation_cache_dir= so compilation counts, quiet: load average
 below 2 at the start): 2 min 48 s wall (168.4 s; 278.5 CPU s), eval mIoU 75.50%

@@ -533,7 +533,7 @@ def cpu_description() -> dict:
   """The host CPU's model and vector extensions (/proc/cpuinfo, Linux).
 
   XLA:CPU compiles for the instruction set it finds, so two machines of the
-  same name (AMD EPYC with and without AVX-512) run different code: their
+  name (AMD EPYC) but other vector extensions run different code: their
   speeds differ, and so do float results in the last bits.
   """
   model, flags = platform.processor() or 'unknown', []
