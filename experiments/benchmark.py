@@ -279,13 +279,16 @@ def setup_jax(args, jr):
   task = MODELS[args.model][0]
   seg = task == 'segmentation'
   out = {'stubbed_modules': jr.stubbed}
-  from jaxres.models import layers  # pylint: disable=g-import-not-at-top
+  # pylint: disable=g-import-not-at-top
+  from jaxres.models import batchnorm
+  from jaxres.models import layers
+  from jaxres.models import pooling
   # jaxres's convolution choices for this platform (JAXRES_*_IMPL).
   out['depthwise_impl'] = layers.depthwise_impl()
   out['pointwise_impl'] = layers.pointwise_impl()
   out['conv_filter_grad_impl'] = layers.conv_filter_grad_impl()
-  out['maxpool_impl'] = layers.maxpool_impl()
-  out['batchnorm_impl'] = layers.batchnorm_impl()
+  out['maxpool_impl'] = pooling.maxpool_impl()
+  out['batchnorm_impl'] = batchnorm.batchnorm_impl()
   # Cold compile: the persistent cache must not serve this process.
   jax.config.update('jax_enable_compilation_cache', False)
 

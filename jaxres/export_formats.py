@@ -23,7 +23,9 @@ from jax import lax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxres.models import batchnorm
 from jaxres.models import layers
+from jaxres.models import pooling
 
 INPUT_NAME = 'images'
 BATCH = 'batch'  # The name of the symbolic batch dimension in every format.
@@ -47,24 +49,26 @@ def portable_convolutions():
 
   On CPU jaxres computes a depthwise convolution as a sum of shifted taps, a
   1x1 convolution as a matrix product and the max pool through a custom
-  gradient (faster to train there; see jaxres.models.layers). An exported
+  gradient (faster to train there; see jaxres.models.switches). An exported
   graph may run anywhere, so it gets the standard grouped / 1x1 convolutions
   and a plain max pool, as on GPU and TPU (ONNX Runtime rejects the custom
   max pool's padded window). The kernel-gradient and BatchNorm forms touch
   only training; they are switched too, so the graph is what a GPU traces.
   The parity check compares against jaxres's own CPU forms.
   """
-  names = ('DEPTHWISE_IMPL', 'POINTWISE_IMPL', 'MAXPOOL_IMPL',
-           'CONV_FILTER_GRAD_IMPL', 'BATCHNORM_IMPL')
-  portable = ('grouped', 'conv', 'xla', 'xla', 'flax')
-  saved = [getattr(layers, name) for name in names]
-  for name, value in zip(names, portable):
-    setattr(layers, name, value)
+  portable = ((layers, 'DEPTHWISE_IMPL', 'grouped'),
+              (layers, 'POINTWISE_IMPL', 'conv'),
+              (pooling, 'MAXPOOL_IMPL', 'xla'),
+              (layers, 'CONV_FILTER_GRAD_IMPL', 'xla'),
+              (batchnorm, 'BATCHNORM_IMPL', 'flax'))
+  saved = [getattr(module, name) for module, name, _ in portable]
+  for module, name, value in portable:
+    setattr(module, name, value)
   try:
     yield
   finally:
-    for name, value in zip(names, saved):
-      setattr(layers, name, value)
+    for (module, name, _), value in zip(portable, saved):
+      setattr(module, name, value)
 
 
 # ---------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""The CPU-only forms of layers.py against XLA's / flax's own, and their switches.
+"""The CPU-only training forms against XLA's / flax's own, and their switches.
 
 Each hand-written form (a k x k convolution's kernel gradient as im2col
 matmuls, the max pool's gradient from taps, BatchNorm's training gradient)
@@ -15,7 +15,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from jaxres.models import batchnorm
 from jaxres.models import layers
+from jaxres.models import pooling
 from jaxres.models import resnet
 
 _close = functools.partial(np.testing.assert_allclose, rtol=1e-5, atol=1e-5)
@@ -80,8 +82,8 @@ def _tiny_resnet():
 def _op_counts(monkeypatch, cpu_forms):
   impl = 'auto' if cpu_forms else 'xla'
   monkeypatch.setattr(layers, 'CONV_FILTER_GRAD_IMPL', impl)
-  monkeypatch.setattr(layers, 'MAXPOOL_IMPL', impl)
-  monkeypatch.setattr(layers, 'BATCHNORM_IMPL', 'auto' if cpu_forms else 'flax')
+  monkeypatch.setattr(pooling, 'MAXPOOL_IMPL', impl)
+  monkeypatch.setattr(batchnorm, 'BATCHNORM_IMPL', 'auto' if cpu_forms else 'flax')
   text = _lowered_train_step(_tiny_resnet(), jnp.ones((2, 32, 32, 3)))
   return {op: text.count(f'stablehlo.{op}') for op in (
       'convolution', 'select_and_scatter', 'reduce', 'concatenate')}
@@ -106,17 +108,17 @@ def test_cpu_resnet_step_uses_the_cpu_forms(monkeypatch):
 
 def test_switches_resolve_on_cpu(monkeypatch):
   assert layers.conv_filter_grad_impl() == 'im2col'
-  assert layers.maxpool_impl() == 'taps'
-  assert layers.batchnorm_impl() == 'fused'
+  assert pooling.maxpool_impl() == 'taps'
+  assert batchnorm.batchnorm_impl() == 'fused'
   monkeypatch.setattr(layers, 'CONV_FILTER_GRAD_IMPL', 'xla')
-  monkeypatch.setattr(layers, 'MAXPOOL_IMPL', 'xla')
-  monkeypatch.setattr(layers, 'BATCHNORM_IMPL', 'flax')
+  monkeypatch.setattr(pooling, 'MAXPOOL_IMPL', 'xla')
+  monkeypatch.setattr(batchnorm, 'BATCHNORM_IMPL', 'flax')
   assert layers.conv_filter_grad_impl() == 'xla'
-  assert layers.maxpool_impl() == 'xla'
-  assert layers.batchnorm_impl() == 'flax'
+  assert pooling.maxpool_impl() == 'xla'
+  assert batchnorm.batchnorm_impl() == 'flax'
   assert layers.conv_filter_grad_impl('auto') == 'im2col'
-  for fn in (layers.conv_filter_grad_impl, layers.maxpool_impl,
-             layers.batchnorm_impl):
+  for fn in (layers.conv_filter_grad_impl, pooling.maxpool_impl,
+             batchnorm.batchnorm_impl):
     with pytest.raises(ValueError, match='known'):
       fn('winograd')
 
@@ -131,12 +133,12 @@ def test_max_pool_taps_gradient_equals_xla(monkeypatch, shape, pool):
   # ReLU'd and rounded: many windows with tied maxima (all zero, or equal).
   x = jax.random.normal(jax.random.key(1), shape)
   x = jnp.round(jax.nn.relu(x) * 2) / 2
-  fn = {'s2': layers.max_pool_3x3_s2, 'ceil': layers.max_pool_3x3_s2_ceil,
-        'vgg': lambda x: layers.max_pool(x, (2, 2), (2, 2), ((0, 0),) * 2)}[
+  fn = {'s2': pooling.max_pool_3x3_s2, 'ceil': pooling.max_pool_3x3_s2_ceil,
+        'vgg': lambda x: pooling.max_pool(x, (2, 2), (2, 2), ((0, 0),) * 2)}[
             pool]
 
   def run(impl):
-    monkeypatch.setattr(layers, 'MAXPOOL_IMPL', impl)
+    monkeypatch.setattr(pooling, 'MAXPOOL_IMPL', impl)
 
     def loss(x):
       y = fn(x)
@@ -159,7 +161,7 @@ def test_batchnorm_equals_flax(dtype):
   x = jax.random.normal(jax.random.key(0), (4, 5, 3, 8)) * 3 + 1
   kwargs = dict(momentum=0.9, epsilon=1e-5, dtype=dtype)
   ref = nn.BatchNorm(use_running_average=False, **kwargs)
-  mine = layers.BatchNorm(use_running_average=False, **kwargs)
+  mine = batchnorm.BatchNorm(use_running_average=False, **kwargs)
   ref_vars = ref.init(jax.random.key(1), x)
   mine_vars = mine.init(jax.random.key(1), x)
   # Same variables (names, shapes, dtypes, initial values).
@@ -215,12 +217,12 @@ def test_batchnorm_statistics_cotangents():
     return jax.grad(f, (0, 1, 2))(x, scale, bias)
 
   mine = functools.partial(
-      lambda x, s, b: layers.batch_norm_train(x, s, b, 1e-5))
+      lambda x, s, b: batchnorm.batch_norm_train(x, s, b, 1e-5))
   for g, g_ref in zip(loss(mine), loss(ref)):
     _close(g, g_ref)
 
 
 def test_model_norm_is_the_cpu_batchnorm():
-  norm = layers.make_norm(True, jnp.float32)(name='bn1')
-  assert isinstance(norm, layers.BatchNorm)
+  norm = batchnorm.make_norm(True, jnp.float32)(name='bn1')
+  assert isinstance(norm, batchnorm.BatchNorm)
   assert isinstance(norm, nn.BatchNorm)

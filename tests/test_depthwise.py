@@ -14,6 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from jaxres.models import batchnorm
 from jaxres.models import layers
 from jaxres.models import mobilenetv2
 
@@ -103,7 +104,7 @@ def _group_counts(impl, monkeypatch, dilation=1):
   monkeypatch.setattr(layers, 'DEPTHWISE_IMPL', impl)
   block = mobilenetv2.InvertedResidual(
       8, 6, conv=layers.make_conv(jnp.float32),
-      norm=layers.make_norm(True, jnp.float32),
+      norm=batchnorm.make_norm(True, jnp.float32),
       depthwise_conv=layers.make_depthwise_conv(jnp.float32), strides=2,
       dilation=dilation)
   x = jnp.ones((2, 8, 8, 8))

@@ -12,8 +12,10 @@ import numpy as np
 import pytest
 
 from jaxres import models
+from jaxres.models import batchnorm
 from jaxres.models import layers
 from jaxres.models import mobilenetv2
+from jaxres.models import pooling
 from jaxres.models import resnet
 from jaxres.models import vgg
 from jaxres.models import build_model
@@ -263,7 +265,7 @@ def test_dilated_features_equal_undilated_subsampled(name):
 
 def test_zero_init_last_bn_and_projection_shortcut():
   conv = layers.make_conv(jnp.float32)
-  norm = layers.make_norm(False, jnp.float32)
+  norm = batchnorm.make_norm(False, jnp.float32)
   x = jnp.zeros((1, 4, 4, 8))
   blocks = {
       'basic': resnet.BasicBlock(planes=8, conv=conv, norm=norm,
@@ -326,7 +328,7 @@ def test_make_divisible_matches_torchvision():
 
 def test_adaptive_avg_pool_matches_torch_bins():
   x = jnp.arange(2 * 5 * 3, dtype=jnp.float32).reshape(2, 5, 3, 1)
-  y = layers.adaptive_avg_pool(x, (3, 2))
+  y = pooling.adaptive_avg_pool(x, (3, 2))
   # H=5 -> 3 bins [0,2) [1,4) [3,5); W=3 -> 2 bins [0,2) [1,3).
   xn = np.asarray(x)
   expected = np.array([[xn[:, a:b, c:d].mean(axis=(1, 2))
@@ -337,18 +339,17 @@ def test_adaptive_avg_pool_matches_torch_bins():
 
 def test_max_pool_pads_with_minus_inf():
   x = -jnp.ones((1, 4, 4, 1))
-  assert np.all(layers.max_pool_3x3_s2(x) == -1)
+  assert np.all(pooling.max_pool_3x3_s2(x) == -1)
 
 
 def test_ceil_mode_stem_pool_matches_pytorch():
   torch = pytest.importorskip('torch')
-  from jaxres.models import layers
   rng = np.random.default_rng(0)
   for h, w in [(9, 9), (10, 7), (13, 6), (256, 256)]:
     x = rng.normal(size=(1, h, w, 2)).astype(np.float32)
     want = torch.nn.functional.max_pool2d(
         torch.from_numpy(x).permute(0, 3, 1, 2), 3, 2, 0, ceil_mode=True)
-    got = layers.max_pool_3x3_s2_ceil(jnp.asarray(x))
+    got = pooling.max_pool_3x3_s2_ceil(jnp.asarray(x))
     np.testing.assert_array_equal(np.asarray(got), want.permute(0, 2, 3, 1).numpy())
 
 

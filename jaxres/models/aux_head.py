@@ -23,6 +23,7 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
+from jaxres.models import batchnorm
 from jaxres.models import layers
 from jaxres.models.resize import resize_bilinear
 
@@ -42,7 +43,7 @@ class FCNHead(nn.Module):
   def __call__(self, x, train: bool):
     x = layers.make_conv(self.dtype, self.param_dtype)(
         self.features, (3, 3), padding=layers.padding(3), name='conv')(x)
-    x = layers.make_norm(train, self.dtype, self.param_dtype)(name='bn')(x)
+    x = batchnorm.make_norm(train, self.dtype, self.param_dtype)(name='bn')(x)
     x = nn.relu(x)
     x = nn.Dropout(self.dropout_rate, broadcast_dims=(1, 2),
                    deterministic=not train)(x)

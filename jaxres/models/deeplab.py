@@ -25,6 +25,7 @@ from typing import Any, Optional
 import flax.linen as nn
 import jax.numpy as jnp
 
+from jaxres.models import batchnorm
 from jaxres.models import layers
 from jaxres.models import mobilenetv2
 from jaxres.models import resnet
@@ -93,7 +94,7 @@ class DeepLabV3Plus(nn.Module):
                        f'{sorted(BACKBONES)}.')
     layers.check_output_stride(self.output_stride, allowed=(8, 16))
     conv = layers.make_conv(self.dtype, self.param_dtype, use_bias=True)
-    norm = layers.make_norm(train, self.dtype, self.param_dtype)
+    norm = batchnorm.make_norm(train, self.dtype, self.param_dtype)
 
     make_backbone, width_field, width_type = BACKBONES[self.backbone]
     extra = ({} if self.backbone_width is None

@@ -1,10 +1,10 @@
-"""Building blocks shared by the classification backbones.
+"""Building blocks shared by the classification backbones: the convolutions.
 
 Everything here is chosen so that torchvision weights reproduce torchvision
 outputs: explicit symmetric padding (Flax 'SAME' pads stride-2 layers on one
-side only), BatchNorm with epsilon 1e-5 and Flax momentum 0.9 (PyTorch 0.1),
-and the output-stride/dilation schedule of torchvision's
-``replace_stride_with_dilation``.
+side only) and the output-stride/dilation schedule of torchvision's
+``replace_stride_with_dilation``. BatchNorm is in batchnorm.py, pooling in
+pooling.py; the CPU forms' switches resolve in switches.py.
 """
 import functools
 import os
@@ -14,6 +14,8 @@ import flax.linen as nn
 import jax
 from jax import lax
 import jax.numpy as jnp
+
+from jaxres.models import switches
 
 ModuleDef = Any
 Dtype = Any
@@ -37,20 +39,6 @@ def padding(kernel_size: int, dilation: int = 1) -> Tuple[Tuple[int, int], ...]:
   return ((p, p), (p, p))
 
 
-def _resolve(what: str, impl: str, choices: Tuple[str, str, str]) -> str:
-  """choices = ('auto', CPU form, XLA's form): 'auto' picks by backend.
-
-  Called at trace time, so the choice follows the default backend of the
-  process; a jitted function keeps the choice it was traced with.
-  """
-  if impl not in choices:
-    raise ValueError(f'Unknown {what} implementation {impl!r}; known: '
-                     f'{", ".join(choices)}.')
-  if impl == 'auto':
-    return choices[1] if jax.default_backend() == 'cpu' else choices[2]
-  return impl
-
-
 # ---------------------------------------------------------------------------
 # Pointwise (1x1) convolution: on CPU a matrix product.
 # ---------------------------------------------------------------------------
@@ -69,7 +57,8 @@ _NHWC = lax.ConvDimensionNumbers((0, 3, 1, 2), (3, 2, 0, 1), (0, 3, 1, 2))
 
 def pointwise_impl(impl: Optional[str] = None) -> str:
   """Resolves 'auto' (or None: the module setting) to 'dot' or 'conv'."""
-  return _resolve('pointwise convolution', impl or POINTWISE_IMPL, POINTWISE_IMPLS)
+  return switches.resolve('pointwise convolution', impl or POINTWISE_IMPL,
+                          POINTWISE_IMPLS)
 
 
 def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
@@ -159,7 +148,8 @@ CONV_FILTER_GRAD_IMPL = os.environ.get('JAXRES_CONV_FILTER_GRAD_IMPL', 'auto')
 
 def conv_filter_grad_impl(impl: Optional[str] = None) -> str:
   """Resolves 'auto' (or None: the module setting) to 'im2col' or 'xla'."""
-  return _resolve('convolution filter-gradient', impl or CONV_FILTER_GRAD_IMPL, CONV_FILTER_GRAD_IMPLS)
+  return switches.resolve('convolution filter-gradient',
+                          impl or CONV_FILTER_GRAD_IMPL, CONV_FILTER_GRAD_IMPLS)
 
 
 def _xla_conv(x, kernel, strides, pads, dilation):
@@ -255,8 +245,8 @@ DEPTHWISE_IMPL = os.environ.get('JAXRES_DEPTHWISE_IMPL', 'auto')
 
 def depthwise_impl(impl: Optional[str] = None) -> str:
   """Resolves 'auto' (or None: the module setting) to 'taps' or 'grouped'."""
-  return _resolve('depthwise convolution', impl or DEPTHWISE_IMPL,
-                  DEPTHWISE_IMPLS)
+  return switches.resolve('depthwise convolution', impl or DEPTHWISE_IMPL,
+                          DEPTHWISE_IMPLS)
 
 
 PaddingLike = Union[str, int, Sequence[Tuple[int, int]]]
@@ -361,122 +351,6 @@ def make_depthwise_conv(dtype: Dtype, param_dtype: Dtype = jnp.float32,
       kernel_init=kernel_init)
 
 
-# ---------------------------------------------------------------------------
-# BatchNorm: in training on CPU, statistics and gradient written by hand.
-# ---------------------------------------------------------------------------
-
-BATCHNORM_IMPLS = ('auto', 'fused', 'flax')
-# 'auto': on CPU a BatchNorm in training (batch statistics) computes its
-# forward as flax does (one pass for the sum and the sum of squares, variance
-# E[x^2] - E[x]^2 clipped at 0) and its gradient by hand:
-#   dx = scale * rstd * (dy - mean(dy) - xhat * mean(dy * xhat)),
-#   dscale = sum(dy * xhat), dbias = sum(dy),
-# the two sums in one pass over dy and x, instead of the chain of reductions
-# and broadcasts autodiff makes of flax's arithmetic (measured 1.4x faster
-# for BatchNorm + ReLU forward + backward at 16x56x56x64). Elsewhere ('flax')
-# flax's own. Eval mode (running averages) is flax's either way. Overridden
-# by JAXRES_BATCHNORM_IMPL at import, or this variable before tracing.
-BATCHNORM_IMPL = os.environ.get('JAXRES_BATCHNORM_IMPL', 'auto')
-
-
-def batchnorm_impl(impl: Optional[str] = None) -> str:
-  """Resolves 'auto' (or None: the module setting) to 'fused' or 'flax'."""
-  return _resolve('BatchNorm', impl or BATCHNORM_IMPL, BATCHNORM_IMPLS)
-
-
-def _bn_stats(x):
-  axes = tuple(range(x.ndim - 1))
-  n = x.size // x.shape[-1]
-  # The same arithmetic as flax's _compute_stats (use_fast_variance).
-  mean = jnp.sum(x, axes) / n
-  mean2 = jnp.sum(x * x, axes) / n
-  return mean, jnp.maximum(0.0, mean2 - mean * mean)
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
-def batch_norm_train(x, scale, bias, epsilon):
-  """BatchNorm over all but the last axis with batch statistics.
-
-  x in float32 (or wider); returns (y, mean, var), var the biased variance.
-  """
-  return _batch_norm_train_fwd(x, scale, bias, epsilon)[0]
-
-
-def _batch_norm_train_fwd(x, scale, bias, epsilon):
-  mean, var = _bn_stats(x)
-  rstd = lax.rsqrt(var + epsilon)
-  # Same order as flax's _normalize: (x - mean) * (rsqrt(var + eps) * scale).
-  y = (x - mean) * (rstd * scale) + bias
-  return (y, mean, var), (x, mean, rstd, scale)
-
-
-def _batch_norm_train_bwd(epsilon, residuals, cotangents):
-  del epsilon
-  x, mean, rstd, scale = residuals
-  dy, dmean, dvar = cotangents
-  axes = tuple(range(x.ndim - 1))
-  n = x.size // x.shape[-1]
-  centred = x - mean
-  xhat = centred * rstd
-  dbias = jnp.sum(dy, axes)
-  dscale = jnp.sum(dy * xhat, axes)
-  dx = (scale * rstd) * (dy - dbias / n - xhat * (dscale / n))
-  # The statistics' own cotangents (zero when they only feed the running
-  # averages, as in training).
-  dx = dx + dmean / n + dvar * (2.0 / n) * centred
-  return dx, dscale, dbias
-
-
-batch_norm_train.defvjp(_batch_norm_train_fwd, _batch_norm_train_bwd)
-
-
-class BatchNorm(nn.BatchNorm):
-  """flax.linen.BatchNorm; in training, on CPU, batch_norm_train's gradient.
-
-  The same fields, variables (params 'scale', 'bias'; batch_stats 'mean',
-  'var'), initial values and running-average update as nn.BatchNorm. The
-  hand-written form is used only where it is the same function: feature axis
-  last, no axis_name / mask, float32-or-wider statistics; anything else, eval
-  mode, and BATCHNORM_IMPL='flax' run nn.BatchNorm itself.
-  """
-
-  @nn.compact
-  def __call__(self, x, use_running_average: Optional[bool] = None, *,
-               mask: Optional[jnp.ndarray] = None):
-    if (nn.merge_param('use_running_average', self.use_running_average,
-                       use_running_average)
-        or mask is not None or self.axis_name is not None
-        or self.axis not in (-1, x.ndim - 1)
-        or not (self.use_scale and self.use_bias)
-        or not self.use_fast_variance or not self.force_float32_reductions
-        or batchnorm_impl() != 'fused'):
-      return super().__call__(x, use_running_average, mask=mask)
-    features = (x.shape[-1],)
-    ra_mean = self.variable('batch_stats', 'mean',
-                            lambda s: jnp.zeros(s, jnp.float32), features)
-    ra_var = self.variable('batch_stats', 'var',
-                           lambda s: jnp.ones(s, jnp.float32), features)
-    scale = self.param('scale', self.scale_init, features, self.param_dtype)
-    bias = self.param('bias', self.bias_init, features, self.param_dtype)
-    stats_dtype = jnp.promote_types(self.dtype or x.dtype, jnp.float32)
-    y, mean, var = batch_norm_train(
-        x.astype(stats_dtype), scale.astype(stats_dtype),
-        bias.astype(stats_dtype), self.epsilon)
-    if not self.is_initializing():
-      ra_mean.value = self.momentum * ra_mean.value + (1 - self.momentum) * mean
-      ra_var.value = self.momentum * ra_var.value + (1 - self.momentum) * var
-    out_dtype = nn.dtypes.canonicalize_dtype(x, scale, bias, dtype=self.dtype)
-    return y.astype(out_dtype)
-
-
-def make_norm(train: bool, dtype: Dtype,
-              param_dtype: Dtype = jnp.float32) -> Callable[..., nn.BatchNorm]:
-  # No axis_name: training is SPMD jit over a mesh, the batch mean is global.
-  return functools.partial(
-      BatchNorm, use_running_average=not train, momentum=0.9, epsilon=1e-5,
-      dtype=dtype, param_dtype=param_dtype)
-
-
 def drop_path(x: jnp.ndarray, rate: float, rng) -> jnp.ndarray:
   """Stochastic depth on a residual branch: each example's branch is zeroed
   with probability `rate`, the kept ones scaled by 1 / (1 - rate)."""
@@ -485,127 +359,6 @@ def drop_path(x: jnp.ndarray, rate: float, rng) -> jnp.ndarray:
   keep = 1. - rate
   mask = jax.random.bernoulli(rng, keep, (x.shape[0],) + (1,) * (x.ndim - 1))
   return jnp.where(mask, x / keep, 0).astype(x.dtype)
-
-
-# ---------------------------------------------------------------------------
-# Max pooling: on CPU its gradient as taps.
-# ---------------------------------------------------------------------------
-
-MAXPOOL_IMPLS = ('auto', 'taps', 'xla')
-# 'auto': on CPU the gradient of a max pool is computed from the window's
-# taps: tap t (row-major window order) takes the output gradient where it
-# equals the output and no earlier tap did (the first maximum, as XLA's
-# select-and-scatter and PyTorch pick), and the taps' strided slices are
-# transposed back as pads that XLA fuses into one loop. XLA:CPU otherwise
-# lowers the gradient as a variadic reduce-window carrying four s32 index
-# arrays the size of the input, then a scatter (~10 % of the ResNet-18 step).
-# The forward is XLA's reduce-window either way. Elsewhere ('xla') XLA's own
-# gradient. Overridden by JAXRES_MAXPOOL_IMPL at import, or this variable
-# before a step is traced.
-MAXPOOL_IMPL = os.environ.get('JAXRES_MAXPOOL_IMPL', 'auto')
-
-
-def maxpool_impl(impl: Optional[str] = None) -> str:
-  """Resolves 'auto' (or None: the module setting) to 'taps' or 'xla'."""
-  return _resolve('max pool', impl or MAXPOOL_IMPL, MAXPOOL_IMPLS)
-
-
-def _reduce_window_max(x, window, strides, pads):
-  return lax.reduce_window(x, -jnp.inf, lax.max, (1,) + window + (1,),
-                           (1,) + strides + (1,),
-                           ((0, 0),) + pads + ((0, 0),))
-
-
-def _pool_taps(xp, window, strides, out_hw):
-  b, _, _, c = xp.shape
-  (oh, ow), (sh, sw) = out_hw, strides
-  return [lax.slice(xp, (0, i, j, 0),
-                    (b, i + (oh - 1) * sh + 1, j + (ow - 1) * sw + 1, c),
-                    (1, sh, sw, 1))
-          for i in range(window[0]) for j in range(window[1])]
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3))
-def max_pool_taps_grad(x, window, strides, pads):
-  """NHWC max pool (-inf padding); its gradient computed from taps."""
-  return _reduce_window_max(x, window, strides, pads)
-
-
-def _max_pool_fwd(x, window, strides, pads):
-  y = _reduce_window_max(x, window, strides, pads)
-  return y, (x, y)
-
-
-def _max_pool_bwd(window, strides, pads, residuals, g):
-  x, y = residuals
-  pad_cfg = ((0, 0, 0),) + tuple(p + (0,) for p in pads) + ((0, 0, 0),)
-  xp = lax.pad(x, jnp.array(-jnp.inf, x.dtype), pad_cfg)
-  taps_fn = functools.partial(_pool_taps, window=window, strides=strides,
-                              out_hw=y.shape[1:3])
-  found = None
-  cotangents = []
-  for tap in taps_fn(xp):
-    hit = tap == y
-    if found is not None:
-      hit = hit & ~found
-    found = hit if found is None else found | hit
-    cotangents.append(jnp.where(hit, g, jnp.zeros((), g.dtype)))
-  _, transpose = jax.vjp(taps_fn, xp)
-  dxp, = transpose(cotangents)
-  (pt, _), (pl, _) = pads
-  return (lax.slice(dxp, (0, pt, pl, 0), (x.shape[0], pt + x.shape[1],
-                                          pl + x.shape[2], x.shape[3])),)
-
-
-max_pool_taps_grad.defvjp(_max_pool_fwd, _max_pool_bwd)
-
-
-def max_pool(x: jnp.ndarray, window: Tuple[int, int], strides: Tuple[int, int],
-             pads: Tuple[Tuple[int, int], Tuple[int, int]]) -> jnp.ndarray:
-  """nn.max_pool on NHWC with explicit padding; see MAXPOOL_IMPL."""
-  window, strides = tuple(window), tuple(strides)
-  pads = tuple(tuple(p) for p in pads)
-  if maxpool_impl() == 'taps' and jnp.issubdtype(x.dtype, jnp.floating):
-    return max_pool_taps_grad(x, window, strides, pads)
-  return nn.max_pool(x, window, strides=strides, padding=pads)
-
-
-def max_pool_3x3_s2(x: jnp.ndarray) -> jnp.ndarray:
-  """torchvision ResNet stem pool: 3x3, stride 2, padding 1 (pads with -inf)."""
-  return max_pool(x, (3, 3), (2, 2), ((1, 1), (1, 1)))
-
-
-def max_pool_3x3_s2_ceil(x: jnp.ndarray) -> jnp.ndarray:
-  """PyTorch MaxPool2d(3, 2, padding=0, ceil_mode=True): pads only at the end."""
-  pads = []
-  for size in x.shape[1:3]:
-    out = -(-(size - 3) // 2) + 1
-    pads.append((0, max((out - 1) * 2 + 3 - size, 0)))
-  return max_pool(x, (3, 3), (2, 2), tuple(pads))
-
-
-def global_avg_pool(x: jnp.ndarray) -> jnp.ndarray:
-  """Mean over H, W in float32 (the classifier head runs in float32)."""
-  return jnp.mean(x.astype(jnp.float32), axis=(1, 2))
-
-
-def adaptive_avg_pool(x: jnp.ndarray, output_size: Tuple[int, int]) -> jnp.ndarray:
-  """PyTorch ``AdaptiveAvgPool2d`` on NHWC: bin i spans [floor(iH/o), ceil((i+1)H/o))."""
-  h, w = x.shape[1:3]
-  oh, ow = output_size
-  if (h, w) == (oh, ow):
-    return x
-  if h % oh == 0 and w % ow == 0:
-    window = (h // oh, w // ow)
-    return nn.avg_pool(x, window, strides=window)
-
-  def bins(size, out):
-    return [((i * size) // out, -((-(i + 1) * size) // out)) for i in range(out)]
-
-  rows = [x[:, a:b].mean(axis=1, keepdims=True) for a, b in bins(h, oh)]
-  x = jnp.concatenate(rows, axis=1)
-  cols = [x[:, :, a:b].mean(axis=2, keepdims=True) for a, b in bins(w, ow)]
-  return jnp.concatenate(cols, axis=2)
 
 
 def check_output_stride(output_stride: int,

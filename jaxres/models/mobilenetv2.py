@@ -17,7 +17,9 @@ from typing import Any, Optional
 import flax.linen as nn
 import jax.numpy as jnp
 
+from jaxres.models import batchnorm
 from jaxres.models import layers
+from jaxres.models import pooling
 
 ModuleDef = Any
 
@@ -85,7 +87,7 @@ class MobileNetV2(nn.Module):
   def __call__(self, x, train: bool):
     layers.check_output_stride(self.output_stride)
     conv = layers.make_conv(self.dtype, self.param_dtype)
-    norm = layers.make_norm(train, self.dtype, self.param_dtype)
+    norm = batchnorm.make_norm(train, self.dtype, self.param_dtype)
     depthwise_conv = layers.make_depthwise_conv(self.dtype, self.param_dtype)
 
     x = conv(make_divisible(32 * self.width_mult), (3, 3), (2, 2),
@@ -113,7 +115,7 @@ class MobileNetV2(nn.Module):
     last_channel = make_divisible(1280 * max(1.0, self.width_mult))
     x = conv(last_channel, (1, 1), padding='VALID', name='features_18_0')(x)
     x = nn.relu6(norm(name='features_18_1')(x))
-    x = layers.global_avg_pool(x)
+    x = pooling.global_avg_pool(x)
     x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
     return nn.Dense(self.num_classes, dtype=jnp.float32,
                     param_dtype=self.param_dtype,

@@ -17,7 +17,9 @@ from typing import Any, Optional, Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
+from jaxres.models import batchnorm
 from jaxres.models import layers
+from jaxres.models import pooling
 
 ModuleDef = Any
 
@@ -141,7 +143,7 @@ class ResNet(nn.Module):
                        '[0, 1).')
     num_blocks_total = sum(self.stage_sizes)
     conv = layers.make_conv(self.dtype, self.param_dtype)
-    norm = layers.make_norm(train, self.dtype, self.param_dtype)
+    norm = batchnorm.make_norm(train, self.dtype, self.param_dtype)
 
     if self.stem == 'cifar':
       x = conv(self.width, (3, 3), (1, 1), padding=layers.padding(3), name='conv1')(x)
@@ -150,9 +152,9 @@ class ResNet(nn.Module):
     x = nn.relu(norm(name='bn1')(x))
     features = {'stride2': x}
     if self.stem == 'torchvision':
-      x = layers.max_pool_3x3_s2(x)
+      x = pooling.max_pool_3x3_s2(x)
     elif self.stem == 'ceil_pool':
-      x = layers.max_pool_3x3_s2_ceil(x)
+      x = pooling.max_pool_3x3_s2_ceil(x)
 
     strides = [2 if i > 0 and j == 0 else 1
                for i, n in enumerate(self.stage_sizes) for j in range(n)]
@@ -174,7 +176,7 @@ class ResNet(nn.Module):
 
     if self.num_classes is None:
       return features
-    x = layers.global_avg_pool(x)
+    x = pooling.global_avg_pool(x)
     return nn.Dense(self.num_classes, dtype=jnp.float32,
                     param_dtype=self.param_dtype, name='fc')(x)
 

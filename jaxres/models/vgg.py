@@ -20,6 +20,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from jaxres.models import layers
+from jaxres.models import pooling
 
 
 class VGG(nn.Module):
@@ -43,7 +44,7 @@ class VGG(nn.Module):
     index = 0  # Position in torchvision's `features` Sequential.
     for i, num_convs in enumerate(self.stage_sizes):
       if i > 0:
-        x = layers.max_pool(x, (2, 2), (2, 2), ((0, 0), (0, 0)))
+        x = pooling.max_pool(x, (2, 2), (2, 2), ((0, 0), (0, 0)))
         index += 1
       for _ in range(num_convs):
         x = nn.relu(conv(self.width * min(2**i, 8), name=f'features_{index}')(x))
@@ -52,8 +53,8 @@ class VGG(nn.Module):
 
     if self.num_classes is None:
       return features
-    x = layers.max_pool(x, (2, 2), (2, 2), ((0, 0), (0, 0)))
-    x = layers.adaptive_avg_pool(x, (7, 7))
+    x = pooling.max_pool(x, (2, 2), (2, 2), ((0, 0), (0, 0)))
+    x = pooling.adaptive_avg_pool(x, (7, 7))
     x = x.reshape(x.shape[0], -1)
     dense = functools.partial(
         nn.Dense, param_dtype=self.param_dtype,
