@@ -51,9 +51,16 @@ import tempfile
 import time
 import types
 
-import numpy as np
-
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if REPO not in sys.path:
+  sys.path.insert(0, REPO)
+# As `jaxres.main` does, before any library starts a thread: large step
+# buffers are reused, not mapped anew each step (jaxres/host_memory.py). It
+# is process-wide, so the PyTorch side runs with the same malloc settings.
+from jaxres import host_memory  # pylint: disable=g-import-not-at-top,wrong-import-position
+HOST_MALLOC = host_memory.keep_step_buffers_mapped()
+
+import numpy as np  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 # model -> (task, default image size, classes).
 MODELS = {
@@ -166,8 +173,6 @@ def _stub_missing_modules(names=('clu', 'ml_collections')):
 
 
 def _import_jaxres():
-  if REPO not in sys.path:
-    sys.path.insert(0, REPO)
   stubbed = _stub_missing_modules()
   # pylint: disable=g-import-not-at-top
   from jaxres import models, optim, runner, seg_losses, train_state
@@ -572,6 +577,7 @@ def _environment(args):
       'xla_flags': os.environ.get('XLA_FLAGS', ''),
       'omp_wait_policy': os.environ.get('OMP_WAIT_POLICY'),
       'loadavg_start': os.getloadavg()[0],
+      'host_malloc': HOST_MALLOC,
   }
 
 

@@ -18,7 +18,17 @@ import re
 import sys
 import tempfile
 
-from absl import app
+from jaxres import host_memory
+
+# Before any library starts a thread (see host_memory): XLA:CPU's step buffers
+# stay mapped between steps.
+try:
+  HOST_MALLOC = host_memory.keep_step_buffers_mapped()
+except ValueError as e:
+  print(f'jaxres: {e}', file=sys.stderr)
+  sys.exit(2)
+
+from absl import app  # pylint: disable=g-import-not-at-top,wrong-import-position
 from absl import flags
 from ml_collections import config_flags
 
