@@ -88,9 +88,11 @@ def test_a_refused_run_leaves_the_workdir_as_it_found_it(tmp_path, capsys):
   assert 'error:' in capsys.readouterr().err
 
 
-def test_eval_writes_its_own_events_and_a_finished_run_says_so(tmp_path):
-  workdir = str(tmp_path / 'run')
-  proc = helpers.run_main(workdir)
+def test_eval_writes_its_own_events_and_a_finished_run_says_so(tmp_path,
+                                                             tiny_run):
+  # The tiny config's 8-step run (tests/conftest.py), in a copy of our own.
+  workdir = tiny_run.copy(tmp_path / 'run')
+  proc = tiny_run
   assert 'TensorBoard' in proc.stderr and 'checkpoints' in proc.stderr
   train_events = sorted(os.listdir(workdir))
   for name in ('experiment.json', 'dataset.json', 'config.json',
