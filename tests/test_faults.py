@@ -19,11 +19,9 @@ def _wait_for_checkpoint(workdir, step, proc, timeout=240):
 
 
 @pytest.fixture(scope='module')
-def reference_run(tmp_path_factory):
+def reference_run(tiny_run):
   """An uninterrupted 8-step run; its final state is the ground truth."""
-  workdir = str(tmp_path_factory.mktemp('reference'))
-  helpers.run_main(workdir)
-  return helpers.load_state(workdir, 8)
+  return helpers.load_state(tiny_run.workdir, 8)
 
 
 def test_sigkill_then_resume_is_bitwise_exact(tmp_path, reference_run):
@@ -65,9 +63,9 @@ def test_signal_saves_and_exits_cleanly(tmp_path, reference_run, signum, code,
   helpers.assert_trees_equal(helpers.load_state(workdir, 8), reference_run)
 
 
-def test_corrupt_latest_checkpoint_falls_back(tmp_path, reference_run):
-  workdir = str(tmp_path)
-  helpers.run_main(workdir)
+def test_corrupt_latest_checkpoint_falls_back(tmp_path, reference_run,
+                                              tiny_run):
+  workdir = tiny_run.copy(tmp_path)  # A finished 8-step run.
   helpers.truncate_checkpoint(workdir, 8)  # The newest checkpoint.
   proc = helpers.run_main(workdir)
   assert 'step 8' in proc.stderr and 'unreadable' in proc.stderr
@@ -129,9 +127,8 @@ def test_unknown_config_field_is_a_clear_error(tmp_path):
   assert not os.path.exists(tmp_path / 'w')
 
 
-def test_workdir_of_another_experiment_is_refused(tmp_path):
-  workdir = str(tmp_path)
-  helpers.run_main(workdir, '--config.num_train_steps=2')
+def test_workdir_of_another_experiment_is_refused(tmp_path, tiny_run):
+  workdir = tiny_run.copy(tmp_path)  # A finished run of the tiny config.
   before = sorted(os.listdir(os.path.join(workdir, 'checkpoints')))
   proc = helpers.run_main(workdir, '--config.model=resnet34', check=False)
   assert proc.returncode == 2

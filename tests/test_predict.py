@@ -1,6 +1,5 @@
 """Classification prediction end to end, and the refusals of jaxres.predict."""
 import csv
-import fcntl
 import json
 import os
 import subprocess
@@ -20,21 +19,14 @@ import tiny_config
 
 
 @pytest.fixture(scope='module')
-def run_dir(tmp_path_factory):
+def run_dir(tiny_run):
   """A tiny classification run on `shapes` (8 steps, checkpoints 2..8).
 
-  Trained once per test session: pytest-xdist workers share it.
+  Trained once per test session (tests/conftest.py): pytest-xdist workers
+  and other modules share it.
   """
-  root = tmp_path_factory.getbasetemp()
-  if os.environ.get('PYTEST_XDIST_WORKER'):
-    root = root.parent  # The session's folder, above each worker's.
-  workdir = root / 'test_predict_run'
-  with open(root / 'test_predict_run.lock', 'w') as lock:
-    fcntl.flock(lock, fcntl.LOCK_EX)
-    if not (root / 'test_predict_run.done').exists():
-      helpers.run_main(workdir)
-      (root / 'test_predict_run.done').touch()
-  return workdir
+  import pathlib  # pylint: disable=g-import-not-at-top
+  return pathlib.Path(tiny_run.workdir)
 
 
 @pytest.fixture(scope='module')

@@ -29,3 +29,22 @@ def test_scalars_images_hparams_read_back(tmp_path):
   np.testing.assert_array_equal(decoded, panel)
   # The hparams plugin's summary is there (TensorBoard's HPARAMS tab).
   assert events.PluginTagToContent('hparams')
+
+
+def test_writing_a_local_logdir_does_not_import_tensorflow(tmp_path):
+  """tensorboard's EventFileWriter opens files through TensorFlow when it is
+  installed (~9 CPU-s of import in every run); the writer must not."""
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  from tests import helpers  # pylint: disable=g-import-not-at-top
+  code = ('import sys\n'
+          'from jaxres import tensorboard_writer\n'
+          f'w = tensorboard_writer.SummaryWriter({str(tmp_path / "tb")!r})\n'
+          'w.write_hparams({"lr": 0.1}); w.write_scalars(1, {"loss": 1.0})\n'
+          'w.close()\n'
+          'assert "tensorflow" not in sys.modules, "TensorFlow was imported"\n')
+  subprocess.run([sys.executable, '-c', code], cwd=helpers.ROOT,
+                 env=helpers.env(), check=True, timeout=120)
+  events = event_accumulator.EventAccumulator(str(tmp_path / 'tb'))
+  events.Reload()
+  assert events.Scalars('loss')[0].value == 1.0

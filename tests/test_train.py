@@ -130,7 +130,10 @@ def test_quickstart_learns(tmp_path):
   proc = helpers.run_main(
       str(tmp_path), '--config.shapes_train_size=3840',
       '--config.shapes_eval_size=500', '--config.num_train_epochs=3',
-      '--config.compilation_cache_dir=', base=('--config=configs/quickstart.py',),
+      # The tests' XLA cache (tests/conftest.py): its compile is the same
+      # program in every run of the suite.
+      f'--config.compilation_cache_dir={helpers.xla_cache_dir()}',
+      base=('--config=configs/quickstart.py',),
       without_tensorflow=True, fast_compile=False)
   line = [l for l in proc.stderr.splitlines() if 'eval @ step 90' in l][-1]
   top1 = float(line.split('top-1 ')[1].split()[0])
@@ -144,11 +147,24 @@ def test_quickstart_learns(tmp_path):
   assert len(events.Scalars('loss')) > 1  # Every log_every_steps.
 
 
-def test_init_from_a_training_checkpoint(tmp_path, capsys):
+def _three_step_config():
+  return tiny_config(num_train_steps=3, checkpoint_every_steps=3,
+                     eval_every_steps=3)
+
+
+@pytest.fixture(scope='module')
+def three_step_run(tmp_path_factory):
+  """A finished 3-step run (one checkpoint, step 3), read by the two tests
+  below (neither changes it)."""
+  workdir = str(tmp_path_factory.mktemp('three_steps'))
+  runner.run(_three_step_config(), workdir)
+  return workdir
+
+
+def test_init_from_a_training_checkpoint(tmp_path, capsys, three_step_run):
   from tests import helpers  # pylint: disable=g-import-not-at-top
-  source = str(tmp_path / 'source')
-  config = tiny_config(num_train_steps=3, checkpoint_every_steps=3, eval_every_steps=3)
-  runner.run(config, source)
+  source = three_step_run
+  config = _three_step_config()
   saved = helpers.load_state(source, 3)
 
   dp = DataParallel.create(32)
@@ -167,10 +183,8 @@ def test_init_from_a_training_checkpoint(tmp_path, capsys):
   assert 'does not exist' in capsys.readouterr().err
 
 
-def test_restore_into_a_config_that_does_not_fit(tmp_path):
-  workdir = str(tmp_path)
-  runner.run(tiny_config(num_train_steps=3, checkpoint_every_steps=3,
-                         eval_every_steps=3), workdir)
+def test_restore_into_a_config_that_does_not_fit(three_step_run):
+  workdir = three_step_run
   manager = ckpt_lib.make_manager(f'{workdir}/checkpoints', max_to_keep=3,
                                   read_only=True)
 

@@ -4,6 +4,7 @@ Each test here failed on the two-trainer layout (train.py + train_seg.py).
 """
 import json
 import os
+import shutil
 
 import ml_collections
 import pytest
@@ -43,12 +44,26 @@ def _seg_config(**overrides):
   return c
 
 
-def test_segmentation_eval_ignores_init_from_of_a_finished_run(tmp_path):
+@pytest.fixture(scope='module')
+def seg_run(tmp_path_factory):
+  """A finished run of _seg_config() (4 steps, checkpoints 2 and 4); the
+  tests below work on copies of it."""
+  workdir = tmp_path_factory.mktemp('seg_run')
+  runner.run(_seg_config(), str(workdir))
+  return workdir
+
+
+def _copy(run, dest) -> str:
+  shutil.copytree(run, dest)
+  return str(dest)
+
+
+def test_segmentation_eval_ignores_init_from_of_a_finished_run(tmp_path,
+                                                               seg_run):
   # init_from applies to a new run only: a run whose init file has since
   # moved still evaluates and resumes (the old segmentation trainer loaded
   # init_from first, even in --mode=eval).
-  source = str(tmp_path / 'source')
-  runner.run(_seg_config(num_train_steps=2, eval_every_steps=2), source)
+  source = _copy(seg_run, tmp_path / 'source')  # A finished run.
   config = _seg_config(init_from=source)
   run = str(tmp_path / 'run')
   first = runner.run(config, run)
@@ -59,12 +74,12 @@ def test_segmentation_eval_ignores_init_from_of_a_finished_run(tmp_path):
   assert helpers.checkpoint_steps(run)[-1] == 6
 
 
-def test_segmentation_sets_aside_an_unreadable_checkpoint(tmp_path, capsys):
+def test_segmentation_sets_aside_an_unreadable_checkpoint(tmp_path, capsys,
+                                                          seg_run):
   # As classification does: report, keep it under a new name, fall back to the
   # previous step and write the bad step again (the old segmentation trainer
   # died with StepAlreadyExistsError on every retry).
-  workdir = str(tmp_path)
-  runner.run(_seg_config(), workdir)
+  workdir = _copy(seg_run, tmp_path / 'run')  # Finished: checkpoints 2, 4.
   helpers.truncate_checkpoint(workdir, 4)
   runner.run(_seg_config(num_train_steps=6), workdir)
   assert helpers.checkpoint_steps(workdir) == [2, 4, 6]
@@ -88,9 +103,11 @@ def test_a_refused_run_leaves_the_workdir_as_it_found_it(tmp_path, capsys):
   assert 'error:' in capsys.readouterr().err
 
 
-def test_eval_writes_its_own_events_and_a_finished_run_says_so(tmp_path):
-  workdir = str(tmp_path / 'run')
-  proc = helpers.run_main(workdir)
+def test_eval_writes_its_own_events_and_a_finished_run_says_so(tmp_path,
+                                                             tiny_run):
+  # The tiny config's 8-step run (tests/conftest.py), in a copy of our own.
+  workdir = tiny_run.copy(tmp_path / 'run')
+  proc = tiny_run
   assert 'TensorBoard' in proc.stderr and 'checkpoints' in proc.stderr
   train_events = sorted(os.listdir(workdir))
   for name in ('experiment.json', 'dataset.json', 'config.json',
