@@ -10,7 +10,9 @@ Hardware and expected result (measured 2026-12-02, the command above with
 --config.compilation_cache_dir= so compilation counts): 98.35% top-1 on the
 2,000 eval images after 3 epochs (chance: 10%), one eval at the end, on this
 project's 2-core CPU machine (AMD EPYC, AVX2, no AVX-512), quiet (load
-average below 2): 2 min 29 s wall (149.3 s; 256 CPU seconds). The figure is
+average below 2): 1 min 40 s wall (100.3 s; 166 CPU seconds) since the
+host-memory setting (jaxres/host_memory.py; 2 min 29 s, 256 CPU-s, before
+it, same top-1). The figure is
 reproducible on the same kind of CPU; another instruction set rounds the last
 bits differently and ends elsewhere (README, Quickstart). Earlier figures:
 98.80% in 1 min 6 s on the earlier machine with the code of 2026-12-01; 98.05%
