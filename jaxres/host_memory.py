@@ -10,10 +10,12 @@ on the quickstart's step (2 threads, experiments/BENCHMARKS.md, "Host memory"):
 
 `keep_step_buffers_mapped` makes every thread allocate from glibc's main arena
 (M_ARENA_MAX=1), which grows with brk and keeps freed memory for reuse
-(M_MMAP_MAX=0; M_TRIM_THRESHOLD=2 GiB): the step's block is mapped once and
-reused. The cost: memory freed by the process is not returned to the system
-below 2 GiB of free heap, and all threads share one arena lock (no measurable
-cost to the input pipelines; see BENCHMARKS.md).
+(M_MMAP_MAX=0; M_TRIM_THRESHOLD=-1, never trim): the step's block is mapped
+once and reused. (A finite trim threshold is not enough: MobileNetV2's step at
+batch 16 frees 2.4 GB at once, above the largest threshold mallopt takes, and
+glibc gave it back to the system every step.) The cost: memory the process
+frees is kept for reuse, never returned to the system (its size stays at its
+peak), and all threads share one arena lock.
 
 It must run before any thread allocates (the arena limit is fixed by the first
 thread that asks for an arena), so `jaxres.main` calls it before importing
@@ -26,7 +28,7 @@ import os
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_MAX = -4
 _M_ARENA_MAX = -8
-_TRIM_THRESHOLD = 2**31 - 1  # mallopt takes an int.
+_NEVER_TRIM = -1  # glibc: -1 turns trimming off.
 
 CHOICES = ('keep', 'default')
 
@@ -51,7 +53,7 @@ def keep_step_buffers_mapped() -> str:
   except (OSError, AttributeError):
     return 'unavailable'
   for param, value in ((_M_ARENA_MAX, 1), (_M_MMAP_MAX, 0),
-                       (_M_TRIM_THRESHOLD, _TRIM_THRESHOLD)):
+                       (_M_TRIM_THRESHOLD, _NEVER_TRIM)):
     if mallopt(param, value) != 1:
       return 'unavailable'
   return 'keep'
