@@ -23,7 +23,7 @@ from jaxres import host_memory
 # Before any library starts a thread (see host_memory): XLA:CPU's step buffers
 # stay mapped between steps.
 try:
-  HOST_MALLOC = host_memory.keep_step_buffers_mapped()
+  host_memory.keep_step_buffers_mapped()
 except ValueError as e:
   print(f'jaxres: {e}', file=sys.stderr)
   sys.exit(2)
